@@ -1,0 +1,29 @@
+#include "common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+void kt_pad(CK_UTF8CHAR *field, size_t field_len, const char *text)
+{
+	size_t n = strlen(text);
+	if (n > field_len)
+		n = field_len;
+	memset(field, ' ', field_len);
+	memcpy(field, text, n);
+}
+
+void kt_wipe(void *p, size_t len)
+{
+	if (p && len)
+		OPENSSL_cleanse(p, len);
+}
+
+void kt_free_secret(void *p, size_t len)
+{
+	if (!p)
+		return;
+	kt_wipe(p, len);
+	free(p);
+}

@@ -1,0 +1,22 @@
+/* Definitions every koltamga source file shares. */
+#ifndef KOLTAMGA_COMMON_H
+#define KOLTAMGA_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pkcs11-3.h"
+
+#define KT_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Fill a blank-padded PKCS#11 text field (labels, manufacturer ids). */
+void kt_pad(CK_UTF8CHAR *field, size_t field_len, const char *text);
+
+/* Wipe memory the compiler may not optimise away (OPENSSL_cleanse). */
+void kt_wipe(void *p, size_t len);
+
+/* Free memory that held a secret: wiped first, NULL is fine. */
+void kt_free_secret(void *p, size_t len);
+
+#endif

@@ -1,0 +1,315 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define SYSTEM_CONF "/etc/koltamga/koltamga.conf"
+#define MAX_CONF_SIZE (1024 * 1024)
+
+static void config_defaults(struct config *c)
+{
+	c->min_pin_len = 4;
+	c->max_pin_len = 64;
+	c->params.scrypt_n = 32768;
+	c->params.scrypt_r = 8;
+	c->params.scrypt_p = 1;
+	c->params.max_tries = 5;
+}
+
+void config_free(struct config *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->n_tokens; i++)
+		free(c->tokens[i].path);
+	free(c->tokens);
+	free(c->store_dir);
+	free(c->source);
+	free(c);
+}
+
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	char *end = s + strlen(s);
+	while (end > s && isspace((unsigned char)end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+/* A decimal number in [min, max]; anything else is an error, so a typo
+ * never silently becomes 0. */
+static bool parse_ulong(const char *s, unsigned long long min, unsigned long long max,
+			unsigned long long *out)
+{
+	if (!*s || !isdigit((unsigned char)*s))
+		return false;
+	errno = 0;
+	char *end;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+static CK_RV add_token(struct config *c)
+{
+	struct config_token *t = realloc(c->tokens, (c->n_tokens + 1) * sizeof(*t));
+	if (!t)
+		return CKR_HOST_MEMORY;
+	c->tokens = t;
+	c->tokens[c->n_tokens].driver = &file_token_ops;
+	c->tokens[c->n_tokens].path = NULL;
+	c->n_tokens++;
+	return CKR_OK;
+}
+
+static CK_RV set_module_key(struct config *c, const char *key, const char *val, bool *known)
+{
+	unsigned long long v;
+	*known = true;
+	if (strcmp(key, "store") == 0) {
+		if (val[0] != '/')
+			return CKR_ARGUMENTS_BAD;
+		free(c->store_dir);
+		c->store_dir = strdup(val);
+		return c->store_dir ? CKR_OK : CKR_HOST_MEMORY;
+	}
+	if (strcmp(key, "max_pin_tries") == 0) {
+		if (!parse_ulong(val, 1, 100, &v))
+			return CKR_ARGUMENTS_BAD;
+		c->params.max_tries = v;
+	} else if (strcmp(key, "min_pin_len") == 0) {
+		if (!parse_ulong(val, 1, 255, &v))
+			return CKR_ARGUMENTS_BAD;
+		c->min_pin_len = v;
+	} else if (strcmp(key, "max_pin_len") == 0) {
+		if (!parse_ulong(val, 1, 255, &v))
+			return CKR_ARGUMENTS_BAD;
+		c->max_pin_len = v;
+	} else if (strcmp(key, "scrypt_n") == 0) {
+		/* scrypt needs a power of two; below 1024 a PIN is not protected. */
+		if (!parse_ulong(val, 1024, 1ull << 24, &v) || (v & (v - 1)))
+			return CKR_ARGUMENTS_BAD;
+		c->params.scrypt_n = v;
+	} else if (strcmp(key, "scrypt_r") == 0) {
+		if (!parse_ulong(val, 1, 64, &v))
+			return CKR_ARGUMENTS_BAD;
+		c->params.scrypt_r = v;
+	} else if (strcmp(key, "scrypt_p") == 0) {
+		if (!parse_ulong(val, 1, 16, &v))
+			return CKR_ARGUMENTS_BAD;
+		c->params.scrypt_p = v;
+	} else {
+		*known = false;
+	}
+	return CKR_OK;
+}
+
+static CK_RV set_token_key(struct config_token *t, const char *key, const char *val, bool *known)
+{
+	*known = true;
+	if (strcmp(key, "driver") == 0) {
+		if (strcmp(val, "file") != 0)
+			return CKR_ARGUMENTS_BAD;
+		t->driver = &file_token_ops;
+	} else if (strcmp(key, "path") == 0) {
+		if (val[0] != '/')
+			return CKR_ARGUMENTS_BAD;
+		free(t->path);
+		t->path = strdup(val);
+		if (!t->path)
+			return CKR_HOST_MEMORY;
+	} else {
+		*known = false;
+	}
+	return CKR_OK;
+}
+
+CK_RV config_parse(const char *text, const char *origin, struct config **out)
+{
+	CK_RV rv = CKR_HOST_MEMORY;
+	struct config *c = calloc(1, sizeof(*c));
+	char *copy = strdup(text);
+	unsigned lineno = 0;
+	if (!c || !copy)
+		goto out;
+	config_defaults(c);
+	c->source = strdup(origin);
+	if (!c->source)
+		goto out;
+
+	bool in_token = false;
+	char *save = NULL;
+	/* ';' separates lines too: p11-kit's x-init-reserved is one line. */
+	for (char *line = strtok_r(copy, "\n;", &save); line; line = strtok_r(NULL, "\n;", &save)) {
+		lineno++;
+		char *hash = strchr(line, '#');
+		if (hash)
+			*hash = '\0';
+		line = trim(line);
+		if (!*line)
+			continue;
+		if (line[0] == '[') {
+			if (strcmp(line, "[token]") != 0) {
+				kt_log("%s: line %u: unknown section '%s'", origin, lineno, line);
+				rv = CKR_ARGUMENTS_BAD;
+				goto out;
+			}
+			rv = add_token(c);
+			if (rv != CKR_OK)
+				goto out;
+			in_token = true;
+			continue;
+		}
+		char *eq = strchr(line, '=');
+		if (!eq) {
+			kt_log("%s: line %u: expected 'key = value'", origin, lineno);
+			rv = CKR_ARGUMENTS_BAD;
+			goto out;
+		}
+		*eq = '\0';
+		char *key = trim(line), *val = trim(eq + 1);
+		bool known;
+		if (in_token)
+			rv = set_token_key(&c->tokens[c->n_tokens - 1], key, val, &known);
+		else
+			rv = set_module_key(c, key, val, &known);
+		if (rv == CKR_OK && !known) {
+			kt_log("%s: line %u: unknown key '%s'", origin, lineno, key);
+			rv = CKR_ARGUMENTS_BAD;
+		} else if (rv == CKR_ARGUMENTS_BAD) {
+			kt_log("%s: line %u: invalid value for '%s'", origin, lineno, key);
+		}
+		if (rv != CKR_OK)
+			goto out;
+	}
+	for (size_t i = 0; i < c->n_tokens; i++) {
+		if (!c->tokens[i].path) {
+			kt_log("%s: [token] number %zu has no path", origin, i + 1);
+			rv = CKR_ARGUMENTS_BAD;
+			goto out;
+		}
+	}
+	if (c->min_pin_len > c->max_pin_len) {
+		kt_log("%s: min_pin_len is larger than max_pin_len", origin);
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	*out = c;
+	c = NULL;
+	rv = CKR_OK;
+out:
+	free(copy);
+	config_free(c);
+	return rv;
+}
+
+static CK_RV read_file(const char *path, char **out)
+{
+	CK_RV rv = CKR_GENERAL_ERROR;
+	char *buf = NULL;
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		kt_log("cannot read configuration %s: %s", path, strerror(errno));
+		return CKR_GENERAL_ERROR;
+	}
+	buf = malloc(MAX_CONF_SIZE + 1);
+	if (!buf) {
+		rv = CKR_HOST_MEMORY;
+		goto out;
+	}
+	size_t n = fread(buf, 1, MAX_CONF_SIZE + 1, f);
+	if (ferror(f) || n > MAX_CONF_SIZE) {
+		kt_log("cannot read configuration %s: %s", path, n > MAX_CONF_SIZE ? "too large" : "read error");
+		goto out;
+	}
+	if (memchr(buf, '\0', n)) {
+		kt_log("configuration %s is not a text file", path);
+		goto out;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	buf = NULL;
+	rv = CKR_OK;
+out:
+	free(buf);
+	fclose(f);
+	return rv;
+}
+
+/* The per-user default store: $XDG_DATA_HOME/koltamga, else
+ * ~/.local/share/koltamga (XDG Base Directory specification). */
+static CK_RV default_store(struct config *c)
+{
+	const char *xdg = secure_getenv("XDG_DATA_HOME");
+	const char *home = secure_getenv("HOME");
+	char path[PATH_MAX];
+	int n;
+	if (xdg && xdg[0] == '/')
+		n = snprintf(path, sizeof(path), "%s/koltamga", xdg);
+	else if (home && home[0] == '/')
+		n = snprintf(path, sizeof(path), "%s/.local/share/koltamga", home);
+	else {
+		kt_log("neither XDG_DATA_HOME nor HOME is set: no default token store");
+		return CKR_OK;
+	}
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return CKR_GENERAL_ERROR;
+	c->store_dir = strdup(path);
+	return c->store_dir ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+CK_RV config_load(const char *reserved, struct config **out)
+{
+	CK_RV rv;
+	char *text = NULL;
+	const char *env = secure_getenv("KOLTAMGA_CONF");
+	struct config *c = NULL;
+
+	if (env && *env) {
+		rv = read_file(env, &text);
+		if (rv != CKR_OK)
+			return rv;
+		rv = config_parse(text, env, &c);
+		if (rv == CKR_ARGUMENTS_BAD)
+			rv = CKR_GENERAL_ERROR; /* the application's arguments were fine */
+	} else if (reserved) {
+		rv = config_parse(reserved, "x-init-reserved", &c);
+	} else if (access(SYSTEM_CONF, F_OK) == 0) {
+		rv = read_file(SYSTEM_CONF, &text);
+		if (rv != CKR_OK)
+			return rv;
+		rv = config_parse(text, SYSTEM_CONF, &c);
+		if (rv == CKR_ARGUMENTS_BAD)
+			rv = CKR_GENERAL_ERROR;
+	} else {
+		rv = config_parse("", "defaults", &c);
+	}
+	free(text);
+	if (rv != CKR_OK)
+		return rv;
+	/* A configuration that names only [token]s has no store; one that
+	 * names nothing gets the per-user store. */
+	if (!c->store_dir && c->n_tokens == 0) {
+		rv = default_store(c);
+		if (rv != CKR_OK) {
+			config_free(c);
+			return rv;
+		}
+	}
+	kt_debug(KT_DBG_CONFIG, "configuration from %s, store %s, %zu named tokens", c->source,
+		 c->store_dir ? c->store_dir : "(none)", c->n_tokens);
+	*out = c;
+	return CKR_OK;
+}

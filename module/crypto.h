@@ -1,0 +1,120 @@
+/*
+ * Mechanisms and the cryptography behind them, over OpenSSL 3 EVP.
+ * One table row per mechanism (mech.c) feeds C_GetMechanismList/Info and
+ * validation alike; crypto.c turns key attributes into EVP_PKEYs and runs
+ * sign/verify/digest/wrap.  No function here checks session state, object
+ * visibility or attribute permissions: module/object.c and module/pkcs11.c do.
+ */
+#ifndef KOLTAMGA_CRYPTO_H
+#define KOLTAMGA_CRYPTO_H
+
+#include <openssl/evp.h>
+
+#include "common.h"
+#include "attrs.h"
+
+enum mech_op {
+	MECH_SIGN = 1u << 0,
+	MECH_VERIFY = 1u << 1,
+	MECH_DIGEST = 1u << 2,
+	MECH_GENERATE = 1u << 3,
+	MECH_GENERATE_PAIR = 1u << 4,
+	MECH_WRAP = 1u << 5,
+	MECH_UNWRAP = 1u << 6,
+};
+
+struct mech_info {
+	CK_MECHANISM_TYPE type;
+	CK_KEY_TYPE key_type;  /* key the mechanism works with (CKK_VENDOR_DEFINED: none) */
+	CK_ULONG min_key_size; /* as CK_MECHANISM_INFO: bits for RSA/EC, bytes for AES */
+	CK_ULONG max_key_size;
+	CK_FLAGS flags;        /* CK_MECHANISM_INFO flags */
+	unsigned ops;          /* enum mech_op */
+	bool single_part;      /* no C_*Update: the whole input at once */
+	const char *digest;    /* OpenSSL digest name for hash-and-sign and digest, or NULL */
+	/* Check pParameter/ulParameterLen: CKR_MECHANISM_PARAM_INVALID when
+	 * wrong (never CKR_ARGUMENTS_BAD: pkcs11-tool --test stops on that). */
+	CK_RV (*check_param)(const CK_MECHANISM *m);
+};
+
+const struct mech_info *mech_find(CK_MECHANISM_TYPE type);
+size_t mech_count(void);
+const struct mech_info *mech_at(size_t i);
+/* mech_find + check_param; CKR_MECHANISM_INVALID for unknown types or a
+ * mechanism that does not do `op`. */
+CK_RV mech_lookup(const CK_MECHANISM *m, enum mech_op op, const struct mech_info **out);
+
+/*
+ * Key generation.  The module has already merged the caller's template and
+ * its defaults into `pub`/`priv`/`key` and checked permissions; these add the
+ * key material (CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT,
+ * CKA_PRIME_1.., CKA_EC_POINT, CKA_VALUE, CKA_VALUE_LEN, ...).
+ *   RSA: CKA_MODULUS_BITS in pub, 2048..4096 else CKR_KEY_SIZE_RANGE;
+ *        CKA_PUBLIC_EXPONENT optional (65537).
+ *   EC:  CKA_EC_PARAMS (DER OID of P-256/384/521) in pub; else
+ *        CKR_CURVE_NOT_SUPPORTED.  CKA_EC_POINT is a DER OCTET STRING.
+ *   EdDSA: CKA_EC_PARAMS is the Ed25519/Ed448 OID or the printable names
+ *        "edwards25519"/"edwards448"; CKA_EC_POINT a DER OCTET STRING.
+ *   AES: CKA_VALUE_LEN 16/24/32 else CKR_KEY_SIZE_RANGE (CKR_TEMPLATE_INCOMPLETE if absent).
+ *   Generic secret: CKA_VALUE_LEN 1..512 bytes.
+ * The params/CKA_EC_PARAMS are copied to priv too.
+ */
+CK_RV crypto_generate_key_pair(const CK_MECHANISM *m, struct attrs *pub, struct attrs *priv);
+CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key);
+
+/* C_CreateObject / C_UnwrapKey of a key: check the material the template
+ * carries is complete and well formed for its CKA_KEY_TYPE (RSA private keys
+ * need all CRT components or at least modulus+private exponent; EC
+ * points must lie on the curve), fill what follows from it (CKA_MODULUS_BITS,
+ * CKA_VALUE_LEN, CKA_EC_POINT of an EC private key when derivable is not
+ * required).  CKR_TEMPLATE_INCOMPLETE, CKR_ATTRIBUTE_VALUE_INVALID,
+ * CKR_KEY_SIZE_RANGE, CKR_CURVE_NOT_SUPPORTED. */
+CK_RV crypto_check_key(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, struct attrs *a);
+
+/* Build the EVP_PKEY for a public or private key object (caller frees). */
+CK_RV crypto_load_pkey(CK_OBJECT_CLASS cls, const struct attrs *a, EVP_PKEY **out);
+
+/* Size in bits of a key object (RSA modulus, EC order, 8*AES length), 0 if unknown. */
+CK_ULONG crypto_key_bits(CK_OBJECT_CLASS cls, const struct attrs *a);
+
+/*
+ * One active sign, verify or digest operation.  For single-part mechanisms
+ * `update` buffers the input (capped, CKR_DATA_LEN_RANGE beyond) and `final`
+ * signs it at once; hash-and-sign mechanisms stream.
+ */
+struct crypto_op;
+
+CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PKEY *key,
+		       bool sign, struct crypto_op **out);
+CK_RV crypto_digest_init(const struct mech_info *mi, struct crypto_op **out);
+void crypto_op_free(struct crypto_op *op);
+
+/* Exact output length: the signature size (RSA modulus bytes, 2*order bytes
+ * for ECDSA r||s, 64/114 for EdDSA) or the digest size. */
+size_t crypto_op_out_len(const struct crypto_op *op);
+
+CK_RV crypto_op_update(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len);
+/* Sign (or digest) everything given so far; `out` holds crypto_op_out_len
+ * bytes; *out_len receives the real length. */
+CK_RV crypto_op_final(struct crypto_op *op, CK_BYTE *out, CK_ULONG *out_len);
+/* Single-part in one go: equals update + final, without copying for
+ * streaming mechanisms.  Same contract for out. */
+CK_RV crypto_op_oneshot(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len, CK_BYTE *out,
+			CK_ULONG *out_len);
+/* Verify everything given so far (or data+len in one go when data != NULL):
+ * CKR_OK, CKR_SIGNATURE_INVALID or CKR_SIGNATURE_LEN_RANGE. */
+CK_RV crypto_op_verify(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len,
+		       const CK_BYTE *sig, CK_ULONG sig_len);
+
+/* AES key wrap (RFC 3394, CKM_AES_KEY_WRAP) and with padding (RFC 5649,
+ * CKM_AES_KEY_WRAP_PAD) of a secret key value.  *out_len semantics as
+ * C_WrapKey: with out == NULL only the length is returned. */
+CK_RV crypto_wrap(const CK_MECHANISM *m, const struct attrs *wrapping_key, const CK_BYTE *in,
+		  CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len);
+/* Unwrap into a newly malloc'd buffer (*out freed with kt_free_secret). */
+CK_RV crypto_unwrap(const CK_MECHANISM *m, const struct attrs *unwrapping_key, const CK_BYTE *in,
+		    CK_ULONG in_len, CK_BYTE **out, CK_ULONG *out_len);
+
+CK_RV crypto_random(CK_BYTE *out, CK_ULONG len);
+
+#endif

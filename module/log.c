@@ -1,0 +1,152 @@
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+unsigned kt_debug_mask;
+
+static const struct {
+	const char *name;
+	unsigned bit;
+} debug_cats[] = {
+	{ "call", KT_DBG_CALL },     { "session", KT_DBG_SESSION }, { "object", KT_DBG_OBJECT },
+	{ "token", KT_DBG_TOKEN },   { "crypto", KT_DBG_CRYPTO },   { "config", KT_DBG_CONFIG },
+	{ "policy", KT_DBG_POLICY },
+};
+
+void kt_debug_init(void)
+{
+	const char *env = secure_getenv("KOLTAMGA_DEBUG");
+	unsigned mask = 0;
+	if (env) {
+		char buf[256];
+		snprintf(buf, sizeof(buf), "%s", env);
+		char *save = NULL;
+		for (char *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+			if (strcmp(tok, "all") == 0)
+				mask = ~0u;
+			for (size_t i = 0; i < KT_ARRAY_SIZE(debug_cats); i++)
+				if (strcmp(tok, debug_cats[i].name) == 0)
+					mask |= debug_cats[i].bit;
+		}
+	}
+	kt_debug_mask = mask;
+}
+
+void kt_log(const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	/* One write per line so lines from several threads do not interleave. */
+	fprintf(stderr, "koltamga: %s\n", line);
+}
+
+void kt_debug_print(enum kt_debug_cat cat, const char *fmt, ...)
+{
+	const char *name = "?";
+	for (size_t i = 0; i < KT_ARRAY_SIZE(debug_cats); i++)
+		if (debug_cats[i].bit == (unsigned)cat)
+			name = debug_cats[i].name;
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "koltamga[%s]: %s\n", name, line);
+}
+
+#define N(x) { x, #x }
+struct name {
+	CK_ULONG v;
+	const char *s;
+};
+
+static const struct name rv_names[] = {
+	N(CKR_OK), N(CKR_CANCEL), N(CKR_HOST_MEMORY), N(CKR_SLOT_ID_INVALID), N(CKR_GENERAL_ERROR),
+	N(CKR_FUNCTION_FAILED), N(CKR_ARGUMENTS_BAD), N(CKR_NO_EVENT), N(CKR_NEED_TO_CREATE_THREADS),
+	N(CKR_CANT_LOCK), N(CKR_ATTRIBUTE_READ_ONLY), N(CKR_ATTRIBUTE_SENSITIVE),
+	N(CKR_ATTRIBUTE_TYPE_INVALID), N(CKR_ATTRIBUTE_VALUE_INVALID), N(CKR_ACTION_PROHIBITED),
+	N(CKR_DATA_INVALID), N(CKR_DATA_LEN_RANGE), N(CKR_DEVICE_ERROR), N(CKR_DEVICE_MEMORY),
+	N(CKR_DEVICE_REMOVED), N(CKR_ENCRYPTED_DATA_INVALID), N(CKR_ENCRYPTED_DATA_LEN_RANGE),
+	N(CKR_FUNCTION_CANCELED), N(CKR_FUNCTION_NOT_PARALLEL), N(CKR_FUNCTION_NOT_SUPPORTED),
+	N(CKR_KEY_HANDLE_INVALID), N(CKR_KEY_SIZE_RANGE), N(CKR_KEY_TYPE_INCONSISTENT),
+	N(CKR_KEY_NOT_NEEDED), N(CKR_KEY_CHANGED), N(CKR_KEY_NEEDED), N(CKR_KEY_INDIGESTIBLE),
+	N(CKR_KEY_FUNCTION_NOT_PERMITTED), N(CKR_KEY_NOT_WRAPPABLE), N(CKR_KEY_UNEXTRACTABLE),
+	N(CKR_MECHANISM_INVALID), N(CKR_MECHANISM_PARAM_INVALID), N(CKR_OBJECT_HANDLE_INVALID),
+	N(CKR_OPERATION_ACTIVE), N(CKR_OPERATION_NOT_INITIALIZED), N(CKR_PIN_INCORRECT),
+	N(CKR_PIN_INVALID), N(CKR_PIN_LEN_RANGE), N(CKR_PIN_EXPIRED), N(CKR_PIN_LOCKED),
+	N(CKR_SESSION_CLOSED), N(CKR_SESSION_COUNT), N(CKR_SESSION_HANDLE_INVALID),
+	N(CKR_SESSION_PARALLEL_NOT_SUPPORTED), N(CKR_SESSION_READ_ONLY), N(CKR_SESSION_EXISTS),
+	N(CKR_SESSION_READ_ONLY_EXISTS), N(CKR_SESSION_READ_WRITE_SO_EXISTS),
+	N(CKR_SIGNATURE_INVALID), N(CKR_SIGNATURE_LEN_RANGE), N(CKR_TEMPLATE_INCOMPLETE),
+	N(CKR_TEMPLATE_INCONSISTENT), N(CKR_TOKEN_NOT_PRESENT), N(CKR_TOKEN_NOT_RECOGNIZED),
+	N(CKR_TOKEN_WRITE_PROTECTED), N(CKR_UNWRAPPING_KEY_HANDLE_INVALID),
+	N(CKR_UNWRAPPING_KEY_SIZE_RANGE), N(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
+	N(CKR_USER_ALREADY_LOGGED_IN), N(CKR_USER_NOT_LOGGED_IN), N(CKR_USER_PIN_NOT_INITIALIZED),
+	N(CKR_USER_TYPE_INVALID), N(CKR_USER_ANOTHER_ALREADY_LOGGED_IN), N(CKR_USER_TOO_MANY_TYPES),
+	N(CKR_WRAPPED_KEY_INVALID), N(CKR_WRAPPED_KEY_LEN_RANGE), N(CKR_WRAPPING_KEY_HANDLE_INVALID),
+	N(CKR_WRAPPING_KEY_SIZE_RANGE), N(CKR_WRAPPING_KEY_TYPE_INCONSISTENT),
+	N(CKR_RANDOM_SEED_NOT_SUPPORTED), N(CKR_RANDOM_NO_RNG), N(CKR_DOMAIN_PARAMS_INVALID),
+	N(CKR_CURVE_NOT_SUPPORTED), N(CKR_BUFFER_TOO_SMALL), N(CKR_SAVED_STATE_INVALID),
+	N(CKR_INFORMATION_SENSITIVE), N(CKR_STATE_UNSAVEABLE), N(CKR_CRYPTOKI_NOT_INITIALIZED),
+	N(CKR_CRYPTOKI_ALREADY_INITIALIZED), N(CKR_MUTEX_BAD), N(CKR_MUTEX_NOT_LOCKED),
+	N(CKR_FUNCTION_REJECTED), N(CKR_PIN_TOO_WEAK),
+};
+
+static const struct name attr_names[] = {
+	N(CKA_CLASS), N(CKA_TOKEN), N(CKA_PRIVATE), N(CKA_LABEL), N(CKA_APPLICATION), N(CKA_VALUE),
+	N(CKA_OBJECT_ID), N(CKA_CERTIFICATE_TYPE), N(CKA_ISSUER), N(CKA_SERIAL_NUMBER),
+	N(CKA_TRUSTED), N(CKA_CERTIFICATE_CATEGORY), N(CKA_CHECK_VALUE), N(CKA_KEY_TYPE),
+	N(CKA_SUBJECT), N(CKA_ID), N(CKA_SENSITIVE), N(CKA_ENCRYPT), N(CKA_DECRYPT), N(CKA_WRAP),
+	N(CKA_UNWRAP), N(CKA_SIGN), N(CKA_SIGN_RECOVER), N(CKA_VERIFY), N(CKA_VERIFY_RECOVER),
+	N(CKA_DERIVE), N(CKA_START_DATE), N(CKA_END_DATE), N(CKA_MODULUS), N(CKA_MODULUS_BITS),
+	N(CKA_PUBLIC_EXPONENT), N(CKA_PRIVATE_EXPONENT), N(CKA_PRIME_1), N(CKA_PRIME_2),
+	N(CKA_EXPONENT_1), N(CKA_EXPONENT_2), N(CKA_COEFFICIENT), N(CKA_PUBLIC_KEY_INFO),
+	N(CKA_VALUE_LEN), N(CKA_EXTRACTABLE), N(CKA_LOCAL), N(CKA_NEVER_EXTRACTABLE),
+	N(CKA_ALWAYS_SENSITIVE), N(CKA_KEY_GEN_MECHANISM), N(CKA_MODIFIABLE), N(CKA_COPYABLE),
+	N(CKA_DESTROYABLE), N(CKA_EC_PARAMS), N(CKA_EC_POINT), N(CKA_ALWAYS_AUTHENTICATE),
+	N(CKA_WRAP_WITH_TRUSTED), N(CKA_UNWRAP_TEMPLATE), N(CKA_WRAP_TEMPLATE),
+	N(CKA_ALLOWED_MECHANISMS), N(CKA_URL), N(CKA_HASH_OF_SUBJECT_PUBLIC_KEY),
+	N(CKA_HASH_OF_ISSUER_PUBLIC_KEY), N(CKA_NAME_HASH_ALGORITHM), N(CKA_JAVA_MIDP_SECURITY_DOMAIN),
+	N(CKA_UNIQUE_ID),
+};
+
+static const struct name mech_names[] = {
+	N(CKM_RSA_PKCS_KEY_PAIR_GEN), N(CKM_RSA_PKCS), N(CKM_RSA_X_509), N(CKM_RSA_PKCS_PSS),
+	N(CKM_SHA224_RSA_PKCS), N(CKM_SHA256_RSA_PKCS), N(CKM_SHA384_RSA_PKCS),
+	N(CKM_SHA512_RSA_PKCS), N(CKM_SHA224_RSA_PKCS_PSS), N(CKM_SHA256_RSA_PKCS_PSS),
+	N(CKM_SHA384_RSA_PKCS_PSS), N(CKM_SHA512_RSA_PKCS_PSS), N(CKM_EC_KEY_PAIR_GEN), N(CKM_ECDSA),
+	N(CKM_ECDSA_SHA1), N(CKM_ECDSA_SHA224), N(CKM_ECDSA_SHA256), N(CKM_ECDSA_SHA384),
+	N(CKM_ECDSA_SHA512), N(CKM_EC_EDWARDS_KEY_PAIR_GEN), N(CKM_EDDSA), N(CKM_AES_KEY_GEN),
+	N(CKM_AES_KEY_WRAP), N(CKM_AES_KEY_WRAP_PAD), N(CKM_GENERIC_SECRET_KEY_GEN), N(CKM_SHA_1),
+	N(CKM_SHA224), N(CKM_SHA256), N(CKM_SHA384), N(CKM_SHA512),
+};
+#undef N
+
+static const char *lookup(const struct name *t, size_t n, CK_ULONG v)
+{
+	for (size_t i = 0; i < n; i++)
+		if (t[i].v == v)
+			return t[i].s;
+	return "(unknown)";
+}
+
+const char *kt_rv_name(CK_RV rv)
+{
+	return lookup(rv_names, KT_ARRAY_SIZE(rv_names), rv);
+}
+
+const char *kt_attr_name(CK_ATTRIBUTE_TYPE type)
+{
+	return lookup(attr_names, KT_ARRAY_SIZE(attr_names), type);
+}
+
+const char *kt_mech_name(CK_MECHANISM_TYPE type)
+{
+	return lookup(mech_names, KT_ARRAY_SIZE(mech_names), type);
+}

@@ -1,0 +1,1767 @@
+/*
+ * The PKCS#11 entry points.  Each C_* body is short: check the library is
+ * initialised, find the session and the token, check the state the call
+ * needs, call the layer below, map the result.  Lock order everywhere:
+ * session table, session, token (see session.h and slot.h).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "config.h"
+#include "crypto.h"
+#include "log.h"
+#include "object.h"
+#include "session.h"
+#include "slot.h"
+
+#define KT_EXPORT __attribute__((visibility("default")))
+
+#define LIBRARY_VERSION_MAJOR 0
+#define LIBRARY_VERSION_MINOR 1
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static bool initialized;
+/* Set in a forked child: its copy of our state (locks, SQLite handles)
+ * must not be used; it gets CKR_CRYPTOKI_NOT_INITIALIZED until it calls
+ * C_Initialize itself, as PKCS#11 asks. */
+static bool forked;
+static struct config *config;
+
+static void atfork_child(void)
+{
+	if (initialized)
+		forked = true;
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(NULL, NULL, atfork_child);
+}
+
+static CK_RV ready(void)
+{
+	if (!__atomic_load_n(&initialized, __ATOMIC_ACQUIRE) || forked)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	return CKR_OK;
+}
+
+/* Every session-based call starts here: the session comes back locked. */
+static CK_RV begin(CK_SESSION_HANDLE h, struct session **s)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	return session_get(h, s);
+}
+
+/* --- state predicates (style.md 3): one per kind of need ----------------- */
+
+static bool logged_in_user(const struct token *t)
+{
+	return t->login == CKU_USER;
+}
+
+/* May this session create, change or destroy an object with these
+ * token/private attributes? */
+static CK_RV may_write_object(const struct session *s, bool token_obj, bool private_obj)
+{
+	if (token_obj && !session_is_rw(s))
+		return CKR_SESSION_READ_ONLY;
+	if (private_obj && !logged_in_user(s->token))
+		return CKR_USER_NOT_LOGGED_IN;
+	return CKR_OK;
+}
+
+static struct object_actor actor_of(const struct session *s)
+{
+	struct object_actor a = { .so = s->token->login == CKU_SO };
+	return a;
+}
+
+static CK_RV check_pin_len(CK_ULONG len)
+{
+	const struct config *c = slot_config();
+	if (len < c->min_pin_len || len > c->max_pin_len)
+		return CKR_PIN_LEN_RANGE;
+	return CKR_OK;
+}
+
+/* PKCS#11 output convention: NULL buffer asks for the length; a short one
+ * gets CKR_BUFFER_TOO_SMALL and the length. */
+static CK_RV output_fits(CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_ULONG need)
+{
+	if (!out) {
+		*out_len = need;
+		return CKR_OK;
+	}
+	if (*out_len < need) {
+		*out_len = need;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	return CKR_OK;
+}
+
+/* --- general ------------------------------------------------------------ */
+
+static void state_reset(void)
+{
+	session_table_free();
+	slot_table_free();
+	config_free(config);
+	config = NULL;
+}
+
+static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
+{
+	CK_RV rv;
+	const char *reserved = NULL;
+
+	pthread_once(&atfork_once, register_atfork);
+	if (pInitArgs) {
+		CK_C_INITIALIZE_ARGS *args = pInitArgs;
+		int given = !!args->CreateMutex + !!args->DestroyMutex + !!args->LockMutex +
+			    !!args->UnlockMutex;
+		if (given != 0 && given != 4)
+			return CKR_ARGUMENTS_BAD;
+		/* We lock with the OS's primitives; an application that
+		 * insists on its own mutexes must hear that we cannot. */
+		if (given == 4 && !(args->flags & CKF_OS_LOCKING_OK))
+			return CKR_CANT_LOCK;
+		/* p11-kit hands a module file's x-init-reserved here. */
+		reserved = args->pReserved;
+	}
+
+	pthread_mutex_lock(&init_lock);
+	if (forked) {
+		/* A child of an initialised parent: the inherited state belongs
+		 * to threads that do not exist here, so it is abandoned, not
+		 * freed (freeing could take locks held at fork time). */
+		initialized = false;
+		forked = false;
+		config = NULL;
+		session_table_abandon();
+		slot_table_abandon();
+	}
+	if (initialized) {
+		rv = CKR_CRYPTOKI_ALREADY_INITIALIZED;
+		goto out;
+	}
+	kt_debug_init();
+	rv = config_load(reserved, &config);
+	if (rv != CKR_OK) {
+		kt_log("C_Initialize failed: configuration error (%s)", kt_rv_name(rv));
+		goto out;
+	}
+	session_table_init();
+	rv = slot_table_init(config);
+	if (rv != CKR_OK) {
+		state_reset();
+		goto out;
+	}
+	__atomic_store_n(&initialized, true, __ATOMIC_RELEASE);
+out:
+	pthread_mutex_unlock(&init_lock);
+	kt_debug(KT_DBG_CALL, "C_Initialize = %s", kt_rv_name(rv));
+	return rv;
+}
+
+static CK_RV kt_Finalize(CK_VOID_PTR pReserved)
+{
+	CK_RV rv;
+	if (pReserved)
+		return CKR_ARGUMENTS_BAD;
+	pthread_mutex_lock(&init_lock);
+	rv = ready();
+	if (rv == CKR_OK) {
+		__atomic_store_n(&initialized, false, __ATOMIC_RELEASE);
+		state_reset();
+	}
+	pthread_mutex_unlock(&init_lock);
+	return rv;
+}
+
+static CK_RV get_info(CK_INFO_PTR pInfo, CK_BYTE major, CK_BYTE minor)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pInfo)
+		return CKR_ARGUMENTS_BAD;
+	memset(pInfo, 0, sizeof(*pInfo));
+	pInfo->cryptokiVersion.major = major;
+	pInfo->cryptokiVersion.minor = minor;
+	kt_pad(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), "koltamga");
+	kt_pad(pInfo->libraryDescription, sizeof(pInfo->libraryDescription),
+	       "koltamga signature module");
+	pInfo->libraryVersion.major = LIBRARY_VERSION_MAJOR;
+	pInfo->libraryVersion.minor = LIBRARY_VERSION_MINOR;
+	return CKR_OK;
+}
+
+/* The same library answers as 2.40 through the 2.40 list and as 3.0
+ * through the 3.0 interface, so each caller sees the version it asked for. */
+static CK_RV kt_GetInfo_240(CK_INFO_PTR pInfo)
+{
+	return get_info(pInfo, 2, 40);
+}
+
+static CK_RV kt_GetInfo_30(CK_INFO_PTR pInfo)
+{
+	return get_info(pInfo, 3, 0);
+}
+
+/* --- slots and tokens --------------------------------------------------- */
+
+static CK_RV kt_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pulCount)
+		return CKR_ARGUMENTS_BAD;
+	/* A size query is where applications expect the list to change:
+	 * pick up tokens other processes created meanwhile. */
+	if (!pSlotList)
+		slot_table_rescan();
+	size_t n = slot_count();
+	CK_ULONG have = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct token *t = slot_at(i);
+		if (!t)
+			break;
+		if (tokenPresent && !token_present(t))
+			continue;
+		if (pSlotList && have < *pulCount)
+			pSlotList[have] = t->slot_id;
+		have++;
+	}
+	if (pSlotList && have > *pulCount)
+		rv = CKR_BUFFER_TOO_SMALL;
+	*pulCount = have;
+	return rv;
+}
+
+static CK_RV kt_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pInfo)
+		return CKR_ARGUMENTS_BAD;
+	struct token *t = slot_get(slotID);
+	if (!t)
+		return CKR_SLOT_ID_INVALID;
+	memset(pInfo, 0, sizeof(*pInfo));
+	token_lock(t);
+	kt_pad(pInfo->slotDescription, sizeof(pInfo->slotDescription),
+	       t->path ? "koltamga file token" : "koltamga new token");
+	kt_pad(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), "koltamga");
+	pInfo->flags = token_present(t) ? CKF_TOKEN_PRESENT : 0;
+	token_unlock(t);
+	pInfo->hardwareVersion.major = LIBRARY_VERSION_MAJOR;
+	pInfo->hardwareVersion.minor = LIBRARY_VERSION_MINOR;
+	pInfo->firmwareVersion = pInfo->hardwareVersion;
+	return CKR_OK;
+}
+
+static CK_FLAGS pin_flags(CK_ULONG fails, CK_ULONG max, CK_FLAGS low, CK_FLAGS final,
+			  CK_FLAGS locked)
+{
+	if (fails == 0 || max == 0)
+		return 0;
+	if (fails >= max)
+		return locked;
+	if (max - fails == 1)
+		return low | final;
+	return low;
+}
+
+static CK_RV kt_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pInfo)
+		return CKR_ARGUMENTS_BAD;
+	struct token *t = slot_get(slotID);
+	if (!t)
+		return CKR_SLOT_ID_INVALID;
+	token_lock(t);
+	if (!token_present(t)) {
+		rv = CKR_TOKEN_NOT_PRESENT;
+		goto out;
+	}
+	if (!t->recognized && t->path) {
+		rv = CKR_TOKEN_NOT_RECOGNIZED;
+		goto out;
+	}
+	/* Counters may have moved in another process. */
+	rv = token_refresh_state(t);
+	if (rv != CKR_OK)
+		goto out;
+	const struct token_state *st = &t->state;
+	const struct config *c = slot_config();
+	memset(pInfo, 0, sizeof(*pInfo));
+	kt_pad(pInfo->label, sizeof(pInfo->label), st->initialized ? st->label : "");
+	kt_pad(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), "koltamga");
+	kt_pad(pInfo->model, sizeof(pInfo->model), "file token");
+	kt_pad(pInfo->serialNumber, sizeof(pInfo->serialNumber), st->serial);
+	pInfo->flags = CKF_RNG | CKF_LOGIN_REQUIRED;
+	if (st->initialized)
+		pInfo->flags |= CKF_TOKEN_INITIALIZED;
+	if (st->user_pin_set)
+		pInfo->flags |= CKF_USER_PIN_INITIALIZED;
+	pInfo->flags |= pin_flags(st->user_fails, st->max_tries, CKF_USER_PIN_COUNT_LOW,
+				  CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED);
+	pInfo->flags |= pin_flags(st->so_fails, st->max_tries, CKF_SO_PIN_COUNT_LOW,
+				  CKF_SO_PIN_FINAL_TRY, CKF_SO_PIN_LOCKED);
+	pInfo->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+	pInfo->ulSessionCount = t->sessions;
+	pInfo->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+	pInfo->ulRwSessionCount = t->rw_sessions;
+	pInfo->ulMaxPinLen = c->max_pin_len;
+	pInfo->ulMinPinLen = c->min_pin_len;
+	pInfo->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
+	pInfo->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+	pInfo->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
+	pInfo->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+	pInfo->hardwareVersion.major = LIBRARY_VERSION_MAJOR;
+	pInfo->hardwareVersion.minor = LIBRARY_VERSION_MINOR;
+	pInfo->firmwareVersion = pInfo->hardwareVersion;
+	/* No clock on the token (CKF_CLOCK_ON_TOKEN unset): utcTime is blank. */
+	memset(pInfo->utcTime, ' ', sizeof(pInfo->utcTime));
+out:
+	token_unlock(t);
+	return rv;
+}
+
+static CK_RV kt_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList, CK_ULONG_PTR pulCount)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pulCount)
+		return CKR_ARGUMENTS_BAD;
+	if (!slot_get(slotID))
+		return CKR_SLOT_ID_INVALID;
+	CK_ULONG n = mech_count();
+	if (pList) {
+		if (*pulCount < n)
+			rv = CKR_BUFFER_TOO_SMALL;
+		else
+			for (CK_ULONG i = 0; i < n; i++)
+				pList[i] = mech_at(i)->type;
+	}
+	*pulCount = n;
+	return rv;
+}
+
+static CK_RV kt_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pInfo)
+		return CKR_ARGUMENTS_BAD;
+	if (!slot_get(slotID))
+		return CKR_SLOT_ID_INVALID;
+	const struct mech_info *mi = mech_find(type);
+	if (!mi)
+		return CKR_MECHANISM_INVALID;
+	pInfo->ulMinKeySize = mi->min_key_size;
+	pInfo->ulMaxKeySize = mi->max_key_size;
+	pInfo->flags = mi->flags;
+	return CKR_OK;
+}
+
+static CK_RV kt_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pLabel || !pPin)
+		return CKR_ARGUMENTS_BAD;
+	struct token *t = slot_get(slotID);
+	if (!t)
+		return CKR_SLOT_ID_INVALID;
+	rv = check_pin_len(ulPinLen);
+	if (rv != CKR_OK)
+		return rv;
+	/* The label is 32 blank-padded bytes; trailing blanks or NULs go. */
+	char label[33];
+	memcpy(label, pLabel, 32);
+	label[32] = '\0';
+	for (int i = 31; i >= 0 && (label[i] == ' ' || label[i] == '\0'); i--)
+		label[i] = '\0';
+
+	token_lock(t);
+	if (t->sessions)
+		rv = CKR_SESSION_EXISTS;
+	else
+		rv = token_init(t, pPin, ulPinLen, label);
+	token_unlock(t);
+	return rv;
+}
+
+static CK_RV kt_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pPin) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	token_lock(s->token);
+	if (s->token->login != CKU_SO || !session_is_rw(s))
+		rv = CKR_USER_NOT_LOGGED_IN;
+	else if ((rv = check_pin_len(ulPinLen)) == CKR_OK)
+		rv = token_init_pin(s->token, pPin, ulPinLen);
+	token_unlock(s->token);
+out:
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen,
+		       CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pOldPin || !pNewPin)
+		rv = CKR_ARGUMENTS_BAD;
+	else if (!session_is_rw(s))
+		rv = CKR_SESSION_READ_ONLY;
+	else
+		rv = check_pin_len(ulNewLen);
+	if (rv == CKR_OK) {
+		struct token *t = s->token;
+		token_lock(t);
+		/* The SO changes the SO PIN; anyone else, the user PIN. */
+		CK_USER_TYPE who = t->login == CKU_SO ? CKU_SO : CKU_USER;
+		rv = token_set_pin(t, who, pOldPin, ulOldLen, pNewPin, ulNewLen);
+		token_unlock(t);
+	}
+	session_put(s);
+	return rv;
+}
+
+/* --- sessions ----------------------------------------------------------- */
+
+static CK_RV kt_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
+			    CK_SESSION_HANDLE_PTR phSession)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!phSession)
+		return CKR_ARGUMENTS_BAD;
+	/* Legacy rule: every session is serial; parallel ones do not exist. */
+	if (!(flags & CKF_SERIAL_SESSION))
+		return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
+	struct token *t = slot_get(slotID);
+	if (!t)
+		return CKR_SLOT_ID_INVALID;
+	token_lock(t);
+	if (!t->recognized)
+		rv = t->path ? CKR_TOKEN_NOT_RECOGNIZED : CKR_TOKEN_NOT_RECOGNIZED;
+	else if (!t->state.initialized)
+		rv = CKR_TOKEN_NOT_RECOGNIZED;
+	token_unlock(t);
+	if (rv != CKR_OK)
+		return rv;
+	rv = session_open(t, flags & (CKF_RW_SESSION | CKF_SERIAL_SESSION), phSession);
+	kt_debug(KT_DBG_SESSION, "C_OpenSession(slot %lu, %s) = %s", slotID,
+		 (flags & CKF_RW_SESSION) ? "rw" : "ro", kt_rv_name(rv));
+	return rv;
+}
+
+static CK_RV kt_CloseSession(CK_SESSION_HANDLE hSession)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	return session_close(hSession);
+}
+
+static CK_RV kt_CloseAllSessions(CK_SLOT_ID slotID)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	struct token *t = slot_get(slotID);
+	if (!t)
+		return CKR_SLOT_ID_INVALID;
+	session_close_all(t);
+	return CKR_OK;
+}
+
+static CK_RV kt_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pInfo) {
+		session_put(s);
+		return CKR_ARGUMENTS_BAD;
+	}
+	token_lock(s->token);
+	pInfo->slotID = s->token->slot_id;
+	pInfo->state = session_state(s);
+	token_unlock(s->token);
+	pInfo->flags = s->flags;
+	pInfo->ulDeviceError = 0;
+	session_put(s);
+	return CKR_OK;
+}
+
+static CK_RV kt_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pState, CK_ULONG_PTR pulLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	session_put(s);
+	return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+static CK_RV kt_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pState, CK_ULONG ulLen,
+				  CK_OBJECT_HANDLE hEnc, CK_OBJECT_HANDLE hAuth)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	session_put(s);
+	return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+/* CKU_CONTEXT_SPECIFIC: re-authenticate for the operation under way. */
+static CK_RV login_context(struct session *s, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+	struct token *t = s->token;
+	if (s->crypto.kind == OP_NONE)
+		return CKR_OPERATION_NOT_INITIALIZED;
+	if (t->login != CKU_USER)
+		return CKR_USER_NOT_LOGGED_IN;
+	CK_RV rv = token_check_pin(t, CKU_USER, pin, len);
+	if (rv == CKR_OK)
+		s->crypto.context_logged_in = true;
+	return rv;
+}
+
+static CK_RV kt_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	struct token *t = s->token;
+	token_lock(t);
+	if (userType != CKU_USER && userType != CKU_SO && userType != CKU_CONTEXT_SPECIFIC)
+		rv = CKR_USER_TYPE_INVALID;
+	else if (!pPin)
+		/* No protected authentication path on this token. */
+		rv = CKR_ARGUMENTS_BAD;
+	else if (userType == CKU_CONTEXT_SPECIFIC)
+		rv = login_context(s, pPin, ulPinLen);
+	else if (t->login == userType)
+		rv = CKR_USER_ALREADY_LOGGED_IN;
+	else if (t->login != USER_NONE)
+		rv = CKR_USER_ANOTHER_ALREADY_LOGGED_IN;
+	else if (userType == CKU_SO && t->sessions > t->rw_sessions)
+		rv = CKR_SESSION_READ_ONLY_EXISTS;
+	else
+		rv = token_login(t, userType, pPin, ulPinLen);
+	token_unlock(t);
+	session_put(s);
+	kt_debug(KT_DBG_SESSION, "C_Login(%lu) = %s", userType, kt_rv_name(rv));
+	return rv;
+}
+
+static CK_RV kt_Logout(CK_SESSION_HANDLE hSession)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	token_lock(s->token);
+	if (s->token->login == USER_NONE)
+		rv = CKR_USER_NOT_LOGGED_IN;
+	else
+		token_logout(s->token);
+	token_unlock(s->token);
+	session_put(s);
+	return rv;
+}
+
+/* --- objects ------------------------------------------------------------ */
+
+/* Store a finished object after the session-state checks it needs. */
+static CK_RV object_store(struct session *s, struct attrs *a, CK_OBJECT_HANDLE *out)
+{
+	CK_RV rv = may_write_object(s, object_is_token(a), object_is_private(a));
+	if (rv != CKR_OK) {
+		attrs_free(a);
+		return rv;
+	}
+	return token_object_add(s->token, s->handle, a, out);
+}
+
+static CK_RV kt_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+			     CK_OBJECT_HANDLE_PTR phObject)
+{
+	struct session *s;
+	struct attrs *a = NULL;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!phObject || (!pTemplate && ulCount)) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	rv = object_template_read(pTemplate, ulCount, &a);
+	if (rv != CKR_OK)
+		goto out;
+	token_lock(s->token);
+	struct object_actor who = actor_of(s);
+	rv = object_build(a, ORIGIN_CREATE, 0, 0, 0, &who);
+	if (rv == CKR_OK)
+		rv = token_sync(s->token);
+	if (rv == CKR_OK) {
+		rv = object_store(s, a, phObject);
+		a = NULL;
+	}
+	token_unlock(s->token);
+out:
+	attrs_free(a);
+	session_put(s);
+	kt_debug(KT_DBG_OBJECT, "C_CreateObject = %s", kt_rv_name(rv));
+	return rv;
+}
+
+static CK_RV kt_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate,
+			   CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phNewObject)
+{
+	struct session *s;
+	struct attrs *tmpl = NULL, *copy = NULL;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!phNewObject || (!pTemplate && ulCount)) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	rv = object_template_read(pTemplate, ulCount, &tmpl);
+	if (rv != CKR_OK)
+		goto out;
+	token_lock(s->token);
+	rv = token_sync(s->token);
+	struct object *o = rv == CKR_OK ? token_object_get(s->token, hObject) : NULL;
+	if (rv != CKR_OK) {
+		/* keep rv */
+	} else if (!o) {
+		rv = CKR_OBJECT_HANDLE_INVALID;
+	} else if (!attrs_bool(o->attrs, CKA_COPYABLE, true)) {
+		rv = CKR_ACTION_PROHIBITED;
+	} else if (!(copy = attrs_dup(o->attrs))) {
+		rv = CKR_HOST_MEMORY;
+	} else {
+		struct object_actor who = actor_of(s);
+		rv = object_modify(copy, tmpl, true, &who);
+		if (rv == CKR_OK) {
+			rv = object_store(s, copy, phNewObject);
+			copy = NULL;
+		}
+	}
+	token_unlock(s->token);
+out:
+	attrs_free(copy);
+	attrs_free(tmpl);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	token_lock(s->token);
+	rv = token_sync(s->token);
+	struct object *o = rv == CKR_OK ? token_object_get(s->token, hObject) : NULL;
+	if (rv == CKR_OK && !o)
+		rv = CKR_OBJECT_HANDLE_INVALID;
+	if (rv == CKR_OK)
+		rv = may_write_object(s, o->owner == 0, o->is_private);
+	if (rv == CKR_OK && !attrs_bool(o->attrs, CKA_DESTROYABLE, true))
+		rv = CKR_ACTION_PROHIBITED;
+	if (rv == CKR_OK)
+		rv = token_object_destroy(s->token, o);
+	token_unlock(s->token);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ULONG_PTR pulSize)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	token_lock(s->token);
+	rv = token_sync(s->token);
+	struct object *o = rv == CKR_OK ? token_object_get(s->token, hObject) : NULL;
+	if (rv == CKR_OK && !o)
+		rv = CKR_OBJECT_HANDLE_INVALID;
+	else if (rv == CKR_OK && !pulSize)
+		rv = CKR_ARGUMENTS_BAD;
+	else if (rv == CKR_OK)
+		*pulSize = object_size(o->attrs);
+	token_unlock(s->token);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+				  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	token_lock(s->token);
+	rv = token_sync(s->token);
+	struct object *o = rv == CKR_OK ? token_object_get(s->token, hObject) : NULL;
+	if (rv == CKR_OK && !o)
+		rv = CKR_OBJECT_HANDLE_INVALID;
+	else if (rv == CKR_OK && !pTemplate && ulCount)
+		rv = CKR_ARGUMENTS_BAD;
+	else if (rv == CKR_OK)
+		rv = object_get_attributes(o->attrs, o->complete, pTemplate, ulCount);
+	token_unlock(s->token);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+				  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+	struct session *s;
+	struct attrs *tmpl = NULL, *next = NULL;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pTemplate && ulCount) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	rv = object_template_read(pTemplate, ulCount, &tmpl);
+	if (rv != CKR_OK)
+		goto out;
+	token_lock(s->token);
+	rv = token_sync(s->token);
+	struct object *o = rv == CKR_OK ? token_object_get(s->token, hObject) : NULL;
+	if (rv == CKR_OK && !o)
+		rv = CKR_OBJECT_HANDLE_INVALID;
+	if (rv == CKR_OK)
+		rv = may_write_object(s, o->owner == 0, o->is_private);
+	if (rv == CKR_OK && !(next = attrs_dup(o->attrs)))
+		rv = CKR_HOST_MEMORY;
+	if (rv == CKR_OK) {
+		struct object_actor who = actor_of(s);
+		rv = object_modify(next, tmpl, false, &who);
+	}
+	if (rv == CKR_OK) {
+		rv = token_object_replace(s->token, o, next);
+		next = NULL;
+	}
+	token_unlock(s->token);
+out:
+	attrs_free(next);
+	attrs_free(tmpl);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pTemplate && ulCount)
+		rv = CKR_ARGUMENTS_BAD;
+	else if (s->find.active)
+		rv = CKR_OPERATION_ACTIVE;
+	if (rv == CKR_OK) {
+		token_lock(s->token);
+		rv = token_sync(s->token);
+		if (rv == CKR_OK)
+			rv = token_find(s->token, pTemplate, ulCount, &s->find.handles, &s->find.count);
+		token_unlock(s->token);
+		if (rv == CKR_OK) {
+			s->find.active = true;
+			s->find.pos = 0;
+		}
+	}
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject, CK_ULONG ulMaxCount,
+			    CK_ULONG_PTR pulObjectCount)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pulObjectCount || (!phObject && ulMaxCount))
+		rv = CKR_ARGUMENTS_BAD;
+	else if (!s->find.active)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	if (rv == CKR_OK) {
+		CK_ULONG n = 0;
+		while (n < ulMaxCount && s->find.pos < s->find.count)
+			phObject[n++] = s->find.handles[s->find.pos++];
+		*pulObjectCount = n;
+	}
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_FindObjectsFinal(CK_SESSION_HANDLE hSession)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!s->find.active)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else
+		session_end_find(s);
+	session_put(s);
+	return rv;
+}
+
+/* --- encryption: not offered by this signing token ----------------------- */
+
+static CK_RV unsupported_session_call(CK_SESSION_HANDLE hSession)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	session_put(s);
+	return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+static CK_RV kt_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_EncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_EncryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DecryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DecryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DigestEncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o,
+				    CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DecryptDigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o,
+				    CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_SignEncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o,
+				  CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DecryptVerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o,
+				    CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_SignRecoverInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_SignRecover(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_VerifyRecoverInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_VerifyRecover(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k, CK_ATTRIBUTE_PTR t,
+			  CK_ULONG c, CK_OBJECT_HANDLE_PTR o)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k)
+{
+	return unsupported_session_call(h);
+}
+
+/* --- digest, sign, verify ----------------------------------------------- */
+
+/* Begin a crypto operation: the common checks of C_*Init. */
+static CK_RV crypto_begin(struct session *s, CK_MECHANISM_PTR m)
+{
+	if (!m)
+		return CKR_ARGUMENTS_BAD;
+	if (s->crypto.kind != OP_NONE)
+		return CKR_OPERATION_ACTIVE;
+	return CKR_OK;
+}
+
+static CK_RV kt_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
+{
+	struct session *s;
+	const struct mech_info *mi;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	rv = crypto_begin(s, pMechanism);
+	if (rv == CKR_OK)
+		rv = mech_lookup(pMechanism, MECH_DIGEST, &mi);
+	if (rv == CKR_OK)
+		rv = crypto_digest_init(mi, &s->crypto.op);
+	if (rv == CKR_OK) {
+		s->crypto.kind = OP_DIGEST;
+		s->crypto.mech = mi;
+	}
+	session_put(s);
+	return rv;
+}
+
+/* The output half shared by C_Digest, C_DigestFinal, C_Sign and C_SignFinal:
+ * a length query or short buffer leaves the operation alive, anything
+ * else ends it.  `data` NULL means "what update gave". */
+static CK_RV crypto_output(struct session *s, const CK_BYTE *data, CK_ULONG len, bool oneshot,
+			   CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV (*gate)(struct session *))
+{
+	CK_RV rv = output_fits(out, out_len, crypto_op_out_len(s->crypto.op));
+	if (!out || rv == CKR_BUFFER_TOO_SMALL)
+		return rv;
+	if (gate)
+		rv = gate(s);
+	if (rv == CKR_OK)
+		rv = oneshot ? crypto_op_oneshot(s->crypto.op, data, len, out, out_len)
+			     : crypto_op_final(s->crypto.op, out, out_len);
+	session_end_crypto(s);
+	return rv;
+}
+
+static CK_RV kt_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
+		       CK_ULONG_PTR pulDigestLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (s->crypto.kind != OP_DIGEST)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else if (!pulDigestLen || (!pData && ulDataLen)) {
+		rv = CKR_ARGUMENTS_BAD;
+		session_end_crypto(s);
+	} else
+		rv = crypto_output(s, pData, ulDataLen, true, pDigest, pulDigestLen, NULL);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV crypto_update(CK_SESSION_HANDLE hSession, enum op_kind kind, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (s->crypto.kind != kind) {
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	} else {
+		if (!pPart && ulPartLen)
+			rv = CKR_ARGUMENTS_BAD;
+		else
+			rv = crypto_op_update(s->crypto.op, pPart, ulPartLen);
+		s->crypto.multi_part = true;
+		if (rv != CKR_OK)
+			session_end_crypto(s);
+	}
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+	return crypto_update(hSession, OP_DIGEST, pPart, ulPartLen);
+}
+
+static CK_RV kt_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (s->crypto.kind != OP_DIGEST)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else if (!pulDigestLen) {
+		rv = CKR_ARGUMENTS_BAD;
+		session_end_crypto(s);
+	} else
+		rv = crypto_output(s, NULL, 0, false, pDigest, pulDigestLen, NULL);
+	session_put(s);
+	return rv;
+}
+
+static bool mechanism_allowed(const struct attrs *key, CK_MECHANISM_TYPE type)
+{
+	const CK_ATTRIBUTE *am = attrs_get(key, CKA_ALLOWED_MECHANISMS);
+	if (!am || am->ulValueLen == 0)
+		return true;
+	const CK_MECHANISM_TYPE *list = am->pValue;
+	for (CK_ULONG i = 0; i < am->ulValueLen / sizeof(CK_MECHANISM_TYPE); i++)
+		if (list[i] == type)
+			return true;
+	return false;
+}
+
+/* C_SignInit and C_VerifyInit: find the key, check it may do this with
+ * this mechanism, and start the operation. */
+static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE hKey, bool sign)
+{
+	struct session *s;
+	const struct mech_info *mi = NULL;
+	EVP_PKEY *pkey = NULL;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	rv = crypto_begin(s, m);
+	if (rv != CKR_OK)
+		goto out;
+	rv = mech_lookup(m, sign ? MECH_SIGN : MECH_VERIFY, &mi);
+	if (rv != CKR_OK)
+		goto out;
+
+	struct token *t = s->token;
+	token_lock(t);
+	rv = token_sync(t);
+	struct object *key = rv == CKR_OK ? token_object_get(t, hKey) : NULL;
+	CK_ULONG kt = CKK_VENDOR_DEFINED;
+	if (rv != CKR_OK) {
+		/* keep rv */
+	} else if (!key) {
+		rv = CKR_KEY_HANDLE_INVALID;
+	} else if (sign ? key->cls != CKO_PRIVATE_KEY
+			: key->cls != CKO_PUBLIC_KEY && key->cls != CKO_PRIVATE_KEY) {
+		rv = CKR_KEY_TYPE_INCONSISTENT;
+	} else if (!attrs_get_ulong(key->attrs, CKA_KEY_TYPE, &kt) || kt != mi->key_type) {
+		rv = CKR_KEY_TYPE_INCONSISTENT;
+	} else if (!attrs_bool(key->attrs, sign ? CKA_SIGN : CKA_VERIFY, false) &&
+		   !(!sign && key->cls == CKO_PRIVATE_KEY && attrs_bool(key->attrs, CKA_SIGN, false))) {
+		rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+	} else if (!mechanism_allowed(key->attrs, m->mechanism)) {
+		rv = CKR_MECHANISM_INVALID;
+	} else {
+		rv = token_object_pkey(t, key, &pkey);
+	}
+	if (rv == CKR_OK) {
+		s->crypto.key = hKey;
+		s->crypto.uses_private_key = key->cls == CKO_PRIVATE_KEY;
+		s->crypto.login_epoch = t->login_epoch;
+		s->crypto.needs_context_login =
+			sign && attrs_bool(key->attrs, CKA_ALWAYS_AUTHENTICATE, false);
+	}
+	token_unlock(t);
+	if (rv != CKR_OK)
+		goto out;
+	rv = crypto_sign_init(mi, m, pkey, sign, &s->crypto.op);
+	if (rv != CKR_OK) {
+		memset(&s->crypto, 0, sizeof(s->crypto));
+		goto out;
+	}
+	s->crypto.kind = sign ? OP_SIGN : OP_VERIFY;
+	s->crypto.mech = mi;
+out:
+	EVP_PKEY_free(pkey);
+	session_put(s);
+	kt_debug(KT_DBG_CRYPTO, "C_%sInit(%s, key %lu) = %s", sign ? "Sign" : "Verify",
+		 m ? kt_mech_name(m->mechanism) : "NULL", hKey, kt_rv_name(rv));
+	return rv;
+}
+
+static CK_RV kt_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+	return key_op_init(hSession, pMechanism, hKey, true);
+}
+
+/*
+ * The last step before a private key signs: everything that may refuse a
+ * signature goes here, so no signing path can skip it.  Today: the login
+ * the operation started under still holds, and a key that demands per-use
+ * authentication got it.  The policy layer (certificate checks,
+ * confirmation by the signer, audit) plugs in at this point.
+ */
+static CK_RV sign_gate(struct session *s)
+{
+	struct crypto_state *c = &s->crypto;
+	if (c->uses_private_key &&
+	    __atomic_load_n(&s->token->login_epoch, __ATOMIC_ACQUIRE) != c->login_epoch)
+		return CKR_USER_NOT_LOGGED_IN;
+	if (c->needs_context_login && !c->context_logged_in)
+		return CKR_USER_NOT_LOGGED_IN;
+	return CKR_OK;
+}
+
+static CK_RV kt_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+		     CK_ULONG_PTR pulSignatureLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (s->crypto.kind != OP_SIGN)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else if (!pulSignatureLen || (!pData && ulDataLen)) {
+		rv = CKR_ARGUMENTS_BAD;
+		session_end_crypto(s);
+	} else
+		rv = crypto_output(s, pData, ulDataLen, true, pSignature, pulSignatureLen, sign_gate);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+	return crypto_update(hSession, OP_SIGN, pPart, ulPartLen);
+}
+
+static CK_RV kt_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (s->crypto.kind != OP_SIGN)
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	else if (!pulSignatureLen) {
+		rv = CKR_ARGUMENTS_BAD;
+		session_end_crypto(s);
+	} else
+		rv = crypto_output(s, NULL, 0, false, pSignature, pulSignatureLen, sign_gate);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+	return key_op_init(hSession, pMechanism, hKey, false);
+}
+
+static CK_RV verify_finish(CK_SESSION_HANDLE hSession, const CK_BYTE *data, CK_ULONG len, bool oneshot,
+			   CK_BYTE_PTR sig, CK_ULONG sig_len)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (s->crypto.kind != OP_VERIFY) {
+		rv = CKR_OPERATION_NOT_INITIALIZED;
+	} else {
+		if (!sig || (oneshot && !data && len))
+			rv = CKR_ARGUMENTS_BAD;
+		else
+			/* crypto_op_verify takes data == NULL as "what update
+			 * gave", so an empty one-shot message needs a non-NULL
+			 * pointer. */
+			rv = crypto_op_verify(s->crypto.op, oneshot ? (data ? data : (const CK_BYTE *)"") : NULL,
+					      len, sig, sig_len);
+		session_end_crypto(s);
+	}
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+		       CK_ULONG ulSignatureLen)
+{
+	return verify_finish(hSession, pData, ulDataLen, true, pSignature, ulSignatureLen);
+}
+
+static CK_RV kt_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+	return crypto_update(hSession, OP_VERIFY, pPart, ulPartLen);
+}
+
+static CK_RV kt_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen)
+{
+	return verify_finish(hSession, NULL, 0, false, pSignature, ulSignatureLen);
+}
+
+/* --- key management ----------------------------------------------------- */
+
+static CK_KEY_TYPE generated_key_type(CK_MECHANISM_TYPE m)
+{
+	switch (m) {
+	case CKM_RSA_PKCS_KEY_PAIR_GEN:
+		return CKK_RSA;
+	case CKM_EC_KEY_PAIR_GEN:
+		return CKK_EC;
+	case CKM_EC_EDWARDS_KEY_PAIR_GEN:
+		return CKK_EC_EDWARDS;
+	case CKM_AES_KEY_GEN:
+		return CKK_AES;
+	default:
+		return CKK_GENERIC_SECRET;
+	}
+}
+
+static CK_RV kt_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate,
+			    CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+	struct session *s;
+	struct attrs *a = NULL;
+	const struct mech_info *mi;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pMechanism || !phKey || (!pTemplate && ulCount)) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	rv = mech_lookup(pMechanism, MECH_GENERATE, &mi);
+	if (rv == CKR_OK)
+		rv = object_template_read(pTemplate, ulCount, &a);
+	if (rv != CKR_OK)
+		goto out;
+	token_lock(s->token);
+	struct object_actor who = actor_of(s);
+	rv = object_build(a, ORIGIN_GENERATE, CKO_SECRET_KEY, generated_key_type(mi->type), mi->type, &who);
+	if (rv == CKR_OK)
+		rv = may_write_object(s, object_is_token(a), object_is_private(a));
+	if (rv == CKR_OK)
+		rv = crypto_generate_key(pMechanism, a);
+	if (rv == CKR_OK)
+		rv = token_sync(s->token);
+	if (rv == CKR_OK) {
+		rv = token_object_add(s->token, s->handle, a, phKey);
+		a = NULL;
+	}
+	token_unlock(s->token);
+out:
+	attrs_free(a);
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+				CK_ATTRIBUTE_PTR pPubTemplate, CK_ULONG ulPubCount,
+				CK_ATTRIBUTE_PTR pPrivTemplate, CK_ULONG ulPrivCount,
+				CK_OBJECT_HANDLE_PTR phPublicKey, CK_OBJECT_HANDLE_PTR phPrivateKey)
+{
+	struct session *s;
+	struct attrs *pub = NULL, *priv = NULL;
+	const struct mech_info *mi;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pMechanism || !phPublicKey || !phPrivateKey || (!pPubTemplate && ulPubCount) ||
+	    (!pPrivTemplate && ulPrivCount)) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	rv = mech_lookup(pMechanism, MECH_GENERATE_PAIR, &mi);
+	if (rv == CKR_OK)
+		rv = object_template_read(pPubTemplate, ulPubCount, &pub);
+	if (rv == CKR_OK)
+		rv = object_template_read(pPrivTemplate, ulPrivCount, &priv);
+	if (rv != CKR_OK)
+		goto out;
+
+	CK_KEY_TYPE kt = generated_key_type(mi->type);
+	struct token *t = s->token;
+	token_lock(t);
+	struct object_actor who = actor_of(s);
+	rv = object_build(pub, ORIGIN_GENERATE, CKO_PUBLIC_KEY, kt, mi->type, &who);
+	if (rv == CKR_OK)
+		rv = object_build(priv, ORIGIN_GENERATE, CKO_PRIVATE_KEY, kt, mi->type, &who);
+	if (rv == CKR_OK)
+		rv = may_write_object(s, object_is_token(pub), object_is_private(pub));
+	if (rv == CKR_OK)
+		rv = may_write_object(s, object_is_token(priv), object_is_private(priv));
+	if (rv == CKR_OK)
+		rv = crypto_generate_key_pair(pMechanism, pub, priv);
+	if (rv == CKR_OK)
+		rv = token_sync(t);
+	if (rv == CKR_OK) {
+		rv = token_object_add(t, s->handle, pub, phPublicKey);
+		pub = NULL;
+	}
+	if (rv == CKR_OK) {
+		rv = token_object_add(t, s->handle, priv, phPrivateKey);
+		priv = NULL;
+		if (rv != CKR_OK) {
+			/* Half a key pair is no use to anyone. */
+			struct object *o = token_object_get(t, *phPublicKey);
+			if (o)
+				token_object_destroy(t, o);
+		}
+	}
+	token_unlock(t);
+out:
+	attrs_free(pub);
+	attrs_free(priv);
+	session_put(s);
+	kt_debug(KT_DBG_CRYPTO, "C_GenerateKeyPair(%s) = %s",
+		 pMechanism ? kt_mech_name(pMechanism->mechanism) : "NULL", kt_rv_name(rv));
+	return rv;
+}
+
+static bool is_aes_key(const struct object *o)
+{
+	CK_ULONG kt;
+	return o->cls == CKO_SECRET_KEY && attrs_get_ulong(o->attrs, CKA_KEY_TYPE, &kt) && kt == CKK_AES;
+}
+
+static CK_RV kt_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey,
+			CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
+{
+	struct session *s;
+	const struct mech_info *mi;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pMechanism || !pulWrappedKeyLen) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	rv = mech_lookup(pMechanism, MECH_WRAP, &mi);
+	if (rv != CKR_OK)
+		goto out;
+	struct token *t = s->token;
+	token_lock(t);
+	rv = token_sync(t);
+	struct object *wk = token_object_get(t, hWrappingKey), *k = token_object_get(t, hKey);
+	if (rv != CKR_OK) {
+		/* keep rv */
+	} else if (!wk) {
+		rv = CKR_WRAPPING_KEY_HANDLE_INVALID;
+	} else if (!is_aes_key(wk)) {
+		rv = CKR_WRAPPING_KEY_TYPE_INCONSISTENT;
+	} else if (!attrs_bool(wk->attrs, CKA_WRAP, false)) {
+		rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+	} else if (!k) {
+		rv = CKR_KEY_HANDLE_INVALID;
+	} else if (k->cls != CKO_SECRET_KEY) {
+		/* Private keys never leave the token, by any path. */
+		rv = CKR_KEY_NOT_WRAPPABLE;
+	} else if (!attrs_bool(k->attrs, CKA_EXTRACTABLE, false)) {
+		rv = CKR_KEY_UNEXTRACTABLE;
+	} else if (attrs_bool(k->attrs, CKA_WRAP_WITH_TRUSTED, false) &&
+		   !attrs_bool(wk->attrs, CKA_TRUSTED, false)) {
+		rv = CKR_KEY_NOT_WRAPPABLE;
+	} else if (!k->complete || !wk->complete) {
+		rv = CKR_USER_NOT_LOGGED_IN;
+	} else {
+		const CK_ATTRIBUTE *v = attrs_get(k->attrs, CKA_VALUE);
+		rv = v ? crypto_wrap(pMechanism, wk->attrs, v->pValue, v->ulValueLen, pWrappedKey,
+				     pulWrappedKeyLen)
+		       : CKR_KEY_NOT_WRAPPABLE;
+	}
+	token_unlock(t);
+out:
+	session_put(s);
+	return rv;
+}
+
+static CK_RV kt_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+			  CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey, CK_ULONG ulWrappedKeyLen,
+			  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+	struct session *s;
+	struct attrs *a = NULL;
+	CK_BYTE *value = NULL;
+	CK_ULONG value_len = 0;
+	const struct mech_info *mi;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pMechanism || !pWrappedKey || !phKey || (!pTemplate && ulCount)) {
+		rv = CKR_ARGUMENTS_BAD;
+		goto out;
+	}
+	rv = mech_lookup(pMechanism, MECH_UNWRAP, &mi);
+	if (rv == CKR_OK)
+		rv = object_template_read(pTemplate, ulCount, &a);
+	if (rv != CKR_OK)
+		goto out;
+	CK_ULONG cls;
+	if (!attrs_has(a, CKA_CLASS)) {
+		rv = CKR_TEMPLATE_INCOMPLETE;
+		goto out;
+	}
+	if (!attrs_get_ulong(a, CKA_CLASS, &cls) || cls != CKO_SECRET_KEY) {
+		rv = CKR_TEMPLATE_INCONSISTENT;
+		goto out;
+	}
+
+	struct token *t = s->token;
+	token_lock(t);
+	rv = token_sync(t);
+	struct object *uk = token_object_get(t, hUnwrappingKey);
+	if (rv != CKR_OK) {
+		/* keep rv */
+	} else if (!uk) {
+		rv = CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+	} else if (!is_aes_key(uk)) {
+		rv = CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT;
+	} else if (!attrs_bool(uk->attrs, CKA_UNWRAP, false)) {
+		rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+	} else if (!uk->complete) {
+		rv = CKR_USER_NOT_LOGGED_IN;
+	} else {
+		struct object_actor who = actor_of(s);
+		rv = object_build(a, ORIGIN_UNWRAP, CKO_SECRET_KEY, CKK_VENDOR_DEFINED, 0, &who);
+	}
+	if (rv == CKR_OK)
+		rv = may_write_object(s, object_is_token(a), object_is_private(a));
+	if (rv == CKR_OK)
+		rv = crypto_unwrap(pMechanism, uk->attrs, pWrappedKey, ulWrappedKeyLen, &value, &value_len);
+	if (rv == CKR_OK) {
+		CK_ULONG want;
+		if (attrs_get_ulong(a, CKA_VALUE_LEN, &want) && want != value_len)
+			rv = CKR_TEMPLATE_INCONSISTENT;
+	}
+	if (rv == CKR_OK) {
+		rv = attrs_take(a, CKA_VALUE, value, value_len);
+		value = NULL;
+	}
+	if (rv == CKR_OK) {
+		CK_ULONG kt = CKK_VENDOR_DEFINED;
+		attrs_get_ulong(a, CKA_KEY_TYPE, &kt);
+		attrs_remove(a, CKA_VALUE_LEN);
+		rv = crypto_check_key(CKO_SECRET_KEY, kt, a);
+	}
+	if (rv == CKR_OK) {
+		rv = token_object_add(t, s->handle, a, phKey);
+		a = NULL;
+	}
+	token_unlock(t);
+out:
+	kt_free_secret(value, value_len);
+	attrs_free(a);
+	session_put(s);
+	return rv;
+}
+
+/* --- random, legacy, events --------------------------------------------- */
+
+static CK_RV kt_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	session_put(s);
+	/* OpenSSL seeds itself from the OS; a caller's seed adds nothing. */
+	return !pSeed && ulSeedLen ? CKR_ARGUMENTS_BAD : CKR_RANDOM_SEED_NOT_SUPPORTED;
+}
+
+static CK_RV kt_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandom, CK_ULONG ulRandomLen)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	session_put(s);
+	if (!pRandom && ulRandomLen)
+		return CKR_ARGUMENTS_BAD;
+	return ulRandomLen ? crypto_random(pRandom, ulRandomLen) : CKR_OK;
+}
+
+static CK_RV kt_GetFunctionStatus(CK_SESSION_HANDLE hSession)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	session_put(s);
+	return CKR_FUNCTION_NOT_PARALLEL;
+}
+
+static CK_RV kt_CancelFunction(CK_SESSION_HANDLE hSession)
+{
+	return kt_GetFunctionStatus(hSession);
+}
+
+static CK_RV kt_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
+{
+	CK_RV rv = ready();
+	if (rv != CKR_OK)
+		return rv;
+	if (!pSlot || pReserved)
+		return CKR_ARGUMENTS_BAD;
+	/* File tokens are never inserted or removed. */
+	return (flags & CKF_DONT_BLOCK) ? CKR_NO_EVENT : CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+/* --- PKCS#11 3.0 additions ---------------------------------------------- */
+
+static CK_RV kt_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin,
+			  CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen)
+{
+	/* Tokens here have no user names: only the plain login exists. */
+	if (pUsername && ulUsernameLen) {
+		CK_RV rv = ready();
+		return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
+	}
+	return kt_Login(hSession, userType, pPin, ulPinLen);
+}
+
+static CK_RV kt_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
+{
+	struct session *s;
+	CK_RV rv = begin(hSession, &s);
+	if (rv != CKR_OK)
+		return rv;
+	if (flags & CKF_FIND_OBJECTS)
+		session_end_find(s);
+	if (((flags & CKF_SIGN) && s->crypto.kind == OP_SIGN) ||
+	    ((flags & CKF_VERIFY) && s->crypto.kind == OP_VERIFY) ||
+	    ((flags & CKF_DIGEST) && s->crypto.kind == OP_DIGEST))
+		session_end_crypto(s);
+	session_put(s);
+	return CKR_OK;
+}
+
+static CK_RV kt_MessageInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_MessageCrypt(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR a, CK_ULONG al,
+			     CK_BYTE_PTR i, CK_ULONG il, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_MessageBegin(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR a, CK_ULONG al)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_MessageNext(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR i, CK_ULONG il,
+			    CK_BYTE_PTR o, CK_ULONG_PTR ol, CK_FLAGS f)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_MessageFinal(CK_SESSION_HANDLE h)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_SignMessage(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl,
+			    CK_BYTE_PTR s, CK_ULONG_PTR sl)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_SignMessageBegin(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_SignMessageNext(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl,
+				CK_BYTE_PTR s, CK_ULONG_PTR sl)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_VerifyMessage(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl,
+			      CK_BYTE_PTR s, CK_ULONG sl)
+{
+	return unsupported_session_call(h);
+}
+static CK_RV kt_VerifyMessageNext(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl,
+				  CK_BYTE_PTR s, CK_ULONG sl)
+{
+	return unsupported_session_call(h);
+}
+
+/* --- function lists and interfaces -------------------------------------- */
+
+static CK_RV kt_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList);
+
+#define KT_FUNCTIONS_240(getinfo)                                                                  \
+	.C_Initialize = kt_Initialize, .C_Finalize = kt_Finalize, .C_GetInfo = getinfo,            \
+	.C_GetFunctionList = kt_GetFunctionList, .C_GetSlotList = kt_GetSlotList,                  \
+	.C_GetSlotInfo = kt_GetSlotInfo, .C_GetTokenInfo = kt_GetTokenInfo,                        \
+	.C_GetMechanismList = kt_GetMechanismList, .C_GetMechanismInfo = kt_GetMechanismInfo,      \
+	.C_InitToken = kt_InitToken, .C_InitPIN = kt_InitPIN, .C_SetPIN = kt_SetPIN,               \
+	.C_OpenSession = kt_OpenSession, .C_CloseSession = kt_CloseSession,                        \
+	.C_CloseAllSessions = kt_CloseAllSessions, .C_GetSessionInfo = kt_GetSessionInfo,          \
+	.C_GetOperationState = kt_GetOperationState, .C_SetOperationState = kt_SetOperationState,  \
+	.C_Login = kt_Login, .C_Logout = kt_Logout, .C_CreateObject = kt_CreateObject,             \
+	.C_CopyObject = kt_CopyObject, .C_DestroyObject = kt_DestroyObject,                        \
+	.C_GetObjectSize = kt_GetObjectSize, .C_GetAttributeValue = kt_GetAttributeValue,          \
+	.C_SetAttributeValue = kt_SetAttributeValue, .C_FindObjectsInit = kt_FindObjectsInit,      \
+	.C_FindObjects = kt_FindObjects, .C_FindObjectsFinal = kt_FindObjectsFinal,                \
+	.C_EncryptInit = kt_EncryptInit, .C_Encrypt = kt_Encrypt,                                  \
+	.C_EncryptUpdate = kt_EncryptUpdate, .C_EncryptFinal = kt_EncryptFinal,                    \
+	.C_DecryptInit = kt_DecryptInit, .C_Decrypt = kt_Decrypt,                                  \
+	.C_DecryptUpdate = kt_DecryptUpdate, .C_DecryptFinal = kt_DecryptFinal,                    \
+	.C_DigestInit = kt_DigestInit, .C_Digest = kt_Digest, .C_DigestUpdate = kt_DigestUpdate,   \
+	.C_DigestKey = kt_DigestKey, .C_DigestFinal = kt_DigestFinal, .C_SignInit = kt_SignInit,   \
+	.C_Sign = kt_Sign, .C_SignUpdate = kt_SignUpdate, .C_SignFinal = kt_SignFinal,             \
+	.C_SignRecoverInit = kt_SignRecoverInit, .C_SignRecover = kt_SignRecover,                  \
+	.C_VerifyInit = kt_VerifyInit, .C_Verify = kt_Verify, .C_VerifyUpdate = kt_VerifyUpdate,   \
+	.C_VerifyFinal = kt_VerifyFinal, .C_VerifyRecoverInit = kt_VerifyRecoverInit,              \
+	.C_VerifyRecover = kt_VerifyRecover, .C_DigestEncryptUpdate = kt_DigestEncryptUpdate,      \
+	.C_DecryptDigestUpdate = kt_DecryptDigestUpdate,                                           \
+	.C_SignEncryptUpdate = kt_SignEncryptUpdate,                                               \
+	.C_DecryptVerifyUpdate = kt_DecryptVerifyUpdate, .C_GenerateKey = kt_GenerateKey,          \
+	.C_GenerateKeyPair = kt_GenerateKeyPair, .C_WrapKey = kt_WrapKey,                          \
+	.C_UnwrapKey = kt_UnwrapKey, .C_DeriveKey = kt_DeriveKey, .C_SeedRandom = kt_SeedRandom,   \
+	.C_GenerateRandom = kt_GenerateRandom, .C_GetFunctionStatus = kt_GetFunctionStatus,        \
+	.C_CancelFunction = kt_CancelFunction, .C_WaitForSlotEvent = kt_WaitForSlotEvent
+
+static CK_FUNCTION_LIST function_list_240 = {
+	.version = { 2, 40 },
+	KT_FUNCTIONS_240(kt_GetInfo_240),
+};
+
+static CK_RV kt_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
+static CK_RV kt_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+			     CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
+
+static CK_FUNCTION_LIST_3_0 function_list_30 = {
+	.version = { 3, 0 },
+	KT_FUNCTIONS_240(kt_GetInfo_30),
+	.C_GetInterfaceList = kt_GetInterfaceList,
+	.C_GetInterface = kt_GetInterface,
+	.C_LoginUser = kt_LoginUser,
+	.C_SessionCancel = kt_SessionCancel,
+	.C_MessageEncryptInit = kt_MessageInit,
+	.C_EncryptMessage = kt_MessageCrypt,
+	.C_EncryptMessageBegin = kt_MessageBegin,
+	.C_EncryptMessageNext = kt_MessageNext,
+	.C_MessageEncryptFinal = kt_MessageFinal,
+	.C_MessageDecryptInit = kt_MessageInit,
+	.C_DecryptMessage = kt_MessageCrypt,
+	.C_DecryptMessageBegin = kt_MessageBegin,
+	.C_DecryptMessageNext = kt_MessageNext,
+	.C_MessageDecryptFinal = kt_MessageFinal,
+	.C_MessageSignInit = kt_MessageInit,
+	.C_SignMessage = kt_SignMessage,
+	.C_SignMessageBegin = kt_SignMessageBegin,
+	.C_SignMessageNext = kt_SignMessageNext,
+	.C_MessageSignFinal = kt_MessageFinal,
+	.C_MessageVerifyInit = kt_MessageInit,
+	.C_VerifyMessage = kt_VerifyMessage,
+	.C_VerifyMessageBegin = kt_SignMessageBegin,
+	.C_VerifyMessageNext = kt_VerifyMessageNext,
+	.C_MessageVerifyFinal = kt_MessageFinal,
+};
+
+static CK_CHAR interface_name[] = "PKCS 11";
+
+/* 3.0 first: C_GetInterface with no name returns the first. */
+static CK_INTERFACE interfaces[] = {
+	{ interface_name, &function_list_30, 0 },
+	{ interface_name, &function_list_240, 0 },
+};
+
+static CK_RV kt_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+{
+	if (!ppFunctionList)
+		return CKR_ARGUMENTS_BAD;
+	*ppFunctionList = &function_list_240;
+	return CKR_OK;
+}
+
+static CK_RV kt_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
+{
+	if (!pulCount)
+		return CKR_ARGUMENTS_BAD;
+	CK_ULONG n = KT_ARRAY_SIZE(interfaces);
+	if (!pInterfacesList) {
+		*pulCount = n;
+		return CKR_OK;
+	}
+	if (*pulCount < n) {
+		*pulCount = n;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	memcpy(pInterfacesList, interfaces, sizeof(interfaces));
+	*pulCount = n;
+	return CKR_OK;
+}
+
+static CK_RV kt_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+			     CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
+{
+	if (!ppInterface)
+		return CKR_ARGUMENTS_BAD;
+	for (size_t i = 0; i < KT_ARRAY_SIZE(interfaces); i++) {
+		CK_INTERFACE *in = &interfaces[i];
+		const CK_VERSION *v = in->pFunctionList; /* every list starts with its version */
+		if (pInterfaceName && strcmp((const char *)pInterfaceName, (const char *)in->pInterfaceName) != 0)
+			continue;
+		if (pVersion && (pVersion->major != v->major || pVersion->minor != v->minor))
+			continue;
+		if ((flags & in->flags) != flags)
+			continue;
+		*ppInterface = in;
+		return CKR_OK;
+	}
+	return CKR_ARGUMENTS_BAD;
+}
+
+/* The only exported symbols (module/koltamga.map). */
+KT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+{
+	return kt_GetFunctionList(ppFunctionList);
+}
+
+KT_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
+{
+	return kt_GetInterfaceList(pInterfacesList, pulCount);
+}
+
+KT_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+			       CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
+{
+	return kt_GetInterface(pInterfaceName, pVersion, ppInterface, flags);
+}

@@ -1,0 +1,72 @@
+/*
+ * Sessions and the operations they carry.  Each session owns at most one
+ * find and one cryptographic operation; ending one (by *Final, an error,
+ * C_CloseSession or C_Finalize) goes through one function that frees and
+ * wipes its state, so no path can forget.
+ *
+ * A session is found by handle under the table's read lock and returned
+ * with its own mutex held (session_get/session_put); closing takes the
+ * write lock to unlink, then the session mutex to wait for any call still
+ * inside it.  Lock order: session table, session, token.
+ */
+#ifndef KOLTAMGA_SESSION_H
+#define KOLTAMGA_SESSION_H
+
+#include <pthread.h>
+
+#include "common.h"
+#include "crypto.h"
+#include "slot.h"
+
+enum op_kind { OP_NONE, OP_SIGN, OP_VERIFY, OP_DIGEST };
+
+struct crypto_state {
+	enum op_kind kind;
+	struct crypto_op *op;
+	const struct mech_info *mech;
+	CK_OBJECT_HANDLE key;
+	bool uses_private_key;
+	unsigned long login_epoch;  /* token login epoch at init */
+	bool needs_context_login;   /* key has CKA_ALWAYS_AUTHENTICATE */
+	bool context_logged_in;
+	bool multi_part;            /* C_*Update was called */
+};
+
+struct find_state {
+	bool active;
+	CK_OBJECT_HANDLE *handles;
+	size_t count, pos;
+};
+
+struct session {
+	CK_SESSION_HANDLE handle;
+	struct token *token;
+	CK_FLAGS flags;
+	pthread_mutex_t lock;
+	struct crypto_state crypto;
+	struct find_state find;
+	struct session *next;
+};
+
+void session_table_init(void);
+/* Close every session (C_Finalize). */
+void session_table_free(void);
+/* In a forked child: forget the parent's sessions without touching them. */
+void session_table_abandon(void);
+
+CK_RV session_open(struct token *t, CK_FLAGS flags, CK_SESSION_HANDLE *out);
+CK_RV session_close(CK_SESSION_HANDLE h);
+void session_close_all(struct token *t);
+
+/* The session, locked; CKR_SESSION_HANDLE_INVALID if there is none. */
+CK_RV session_get(CK_SESSION_HANDLE h, struct session **out);
+void session_put(struct session *s);
+
+void session_end_crypto(struct session *s);
+void session_end_find(struct session *s);
+
+/* CKS_* for this session given its token's login state (token locked). */
+CK_STATE session_state(const struct session *s);
+bool session_is_rw(const struct session *s);
+
+#endif

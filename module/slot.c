@@ -1,0 +1,762 @@
+#include "slot.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crypto.h"
+#include "log.h"
+#include "object.h"
+
+#define TOKEN_SUFFIX ".ktok"
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct token **slots;
+static size_t n_slots;
+static CK_SLOT_ID next_slot_id;
+static const struct config *config;
+
+/* --- hashing and the object indexes ------------------------------------- */
+
+static uint64_t hash_bytes(const void *p, size_t n)
+{
+	/* FNV-1a: short keys, no adversary who gains from collisions beyond
+	 * a slower find in their own process. */
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const unsigned char *b = p;
+	for (size_t i = 0; i < n; i++) {
+		h ^= b[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+static uint64_t hash_attr(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
+{
+	const CK_ATTRIBUTE *at = attrs_get(a, type);
+	return at ? hash_bytes(at->pValue, at->ulValueLen) : 0;
+}
+
+static size_t handle_bucket(const struct token *t, CK_OBJECT_HANDLE h)
+{
+	return (size_t)((h * 0x9e3779b97f4a7c15ULL) >> 20) & (t->buckets - 1);
+}
+
+static void index_link(struct token *t, struct object *o)
+{
+	size_t b = handle_bucket(t, o->handle);
+	o->next_handle = t->by_handle[b];
+	t->by_handle[b] = o;
+	o->label_hash = hash_attr(o->attrs, CKA_LABEL);
+	b = o->label_hash & (t->buckets - 1);
+	o->next_label = t->by_label[b];
+	t->by_label[b] = o;
+	o->id_hash = hash_attr(o->attrs, CKA_ID);
+	b = o->id_hash & (t->buckets - 1);
+	o->next_id = t->by_id[b];
+	t->by_id[b] = o;
+}
+
+#define UNLINK(head, o, field)                                                                     \
+	do {                                                                                       \
+		for (struct object **pp = (head); *pp; pp = &(*pp)->field) {                       \
+			if (*pp == (o)) {                                                          \
+				*pp = (o)->field;                                                  \
+				break;                                                             \
+			}                                                                          \
+		}                                                                                  \
+	} while (0)
+
+static void index_unlink(struct token *t, struct object *o)
+{
+	UNLINK(&t->by_handle[handle_bucket(t, o->handle)], o, next_handle);
+	UNLINK(&t->by_label[o->label_hash & (t->buckets - 1)], o, next_label);
+	UNLINK(&t->by_id[o->id_hash & (t->buckets - 1)], o, next_id);
+}
+
+/* Keep about one object per bucket so every chain stays short. */
+static CK_RV index_grow(struct token *t)
+{
+	if (t->buckets && t->n_objects < t->buckets)
+		return CKR_OK;
+	size_t nb = t->buckets ? t->buckets * 2 : 64;
+	struct object **h = calloc(nb, sizeof(*h)), **l = calloc(nb, sizeof(*l)),
+		      **d = calloc(nb, sizeof(*d));
+	if (!h || !l || !d) {
+		free(h);
+		free(l);
+		free(d);
+		return CKR_HOST_MEMORY;
+	}
+	struct object **old = t->by_handle;
+	size_t ob = t->buckets;
+	t->by_handle = h;
+	free(t->by_label);
+	t->by_label = l;
+	free(t->by_id);
+	t->by_id = d;
+	t->buckets = nb;
+	for (size_t i = 0; i < ob; i++) {
+		struct object *o = old[i];
+		while (o) {
+			struct object *next = o->next_handle;
+			index_link(t, o);
+			o = next;
+		}
+	}
+	free(old);
+	return CKR_OK;
+}
+
+static void object_free(struct object *o)
+{
+	if (!o)
+		return;
+	attrs_free(o->attrs);
+	EVP_PKEY_free(o->pkey);
+	free(o);
+}
+
+static CK_RV object_insert(struct token *t, CK_OBJECT_HANDLE handle, CK_SESSION_HANDLE owner,
+			   struct attrs *attrs, bool complete)
+{
+	CK_RV rv = index_grow(t);
+	struct object *o = NULL;
+	if (rv != CKR_OK)
+		goto fail;
+	o = calloc(1, sizeof(*o));
+	if (!o) {
+		rv = CKR_HOST_MEMORY;
+		goto fail;
+	}
+	o->handle = handle;
+	o->owner = owner;
+	o->attrs = attrs;
+	o->complete = complete;
+	o->cls = object_class(attrs);
+	o->is_private = object_is_private(attrs);
+	index_link(t, o);
+	t->n_objects++;
+	return CKR_OK;
+fail:
+	attrs_free(attrs);
+	return rv;
+}
+
+static void object_remove(struct token *t, struct object *o)
+{
+	index_unlink(t, o);
+	t->n_objects--;
+	object_free(o);
+}
+
+/* Drop cached objects: token objects (session == false) or the session
+ * objects matched by `keep`. */
+static void objects_drop(struct token *t, bool token_objects, bool private_only)
+{
+	for (size_t b = 0; b < t->buckets; b++) {
+		struct object *o = t->by_handle[b];
+		while (o) {
+			struct object *next = o->next_handle;
+			bool is_token_obj = o->owner == 0;
+			if (is_token_obj == token_objects && (!private_only || o->is_private))
+				object_remove(t, o);
+			o = next;
+		}
+	}
+}
+
+static CK_RV load_cb(void *ctx, uint64_t id, struct attrs *attrs, bool complete)
+{
+	struct token *t = ctx;
+	if (id == 0 || id >= SESSION_HANDLE_BASE) {
+		/* Handles this large would collide with session objects. */
+		kt_log("%s: object id %llu out of range, skipped", t->path, (unsigned long long)id);
+		attrs_free(attrs);
+		return CKR_OK;
+	}
+	return object_insert(t, (CK_OBJECT_HANDLE)id, 0, attrs, complete);
+}
+
+static CK_RV token_reload(struct token *t)
+{
+	objects_drop(t, true, false);
+	if (!t->store)
+		return CKR_OK;
+	CK_RV rv = t->ops->load(t->store, t->key, load_cb, t);
+	if (rv != CKR_OK)
+		kt_log("%s: cannot load objects: %s", t->path, kt_rv_name(rv));
+	return rv;
+}
+
+/* --- tokens and the slot table ------------------------------------------ */
+
+static struct token *token_new(const struct token_ops *ops, const char *path)
+{
+	struct token *t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	if (path) {
+		t->path = strdup(path);
+		if (!t->path) {
+			free(t);
+			return NULL;
+		}
+	}
+	pthread_mutex_init(&t->lock, NULL);
+	t->ops = ops;
+	t->login = USER_NONE;
+	t->next_session_handle = SESSION_HANDLE_BASE;
+	return t;
+}
+
+static void token_free(struct token *t)
+{
+	if (!t)
+		return;
+	objects_drop(t, true, false);
+	objects_drop(t, false, false);
+	if (t->key)
+		t->ops->key_free(t->key);
+	if (t->store)
+		t->ops->close(t->store);
+	free(t->by_handle);
+	free(t->by_label);
+	free(t->by_id);
+	free(t->path);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+/* Open a token's store; an unreadable store leaves the slot showing an
+ * unrecognised token rather than failing the whole module. */
+static void token_open(struct token *t)
+{
+	CK_RV rv = t->ops->open(t->path, false, &t->store);
+	if (rv != CKR_OK) {
+		t->store = NULL;
+		t->recognized = false;
+		kt_log("token %s is not usable: %s", t->path, kt_rv_name(rv));
+		return;
+	}
+	t->recognized = true;
+	if (token_refresh_state(t) == CKR_OK)
+		token_reload(t);
+}
+
+static CK_RV slot_append(struct token *t)
+{
+	struct token **s = realloc(slots, (n_slots + 1) * sizeof(*s));
+	if (!s)
+		return CKR_HOST_MEMORY;
+	slots = s;
+	t->slot_id = next_slot_id++;
+	slots[n_slots++] = t;
+	return CKR_OK;
+}
+
+static bool slot_has_path(const char *path)
+{
+	for (size_t i = 0; i < n_slots; i++)
+		if (slots[i]->path && strcmp(slots[i]->path, path) == 0)
+			return true;
+	return false;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Add the store directory's tokens not yet in the table, in name order
+ * (names start with the creation time, so slot ids follow creation). */
+static void scan_store(void)
+{
+	if (!config->store_dir)
+		return;
+	DIR *d = opendir(config->store_dir);
+	if (!d)
+		return;
+	char **names = NULL;
+	size_t n = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		size_t len = strlen(e->d_name);
+		if (len <= strlen(TOKEN_SUFFIX) || e->d_name[0] == '.' ||
+		    strcmp(e->d_name + len - strlen(TOKEN_SUFFIX), TOKEN_SUFFIX) != 0)
+			continue;
+		char **nn = realloc(names, (n + 1) * sizeof(*nn));
+		if (!nn)
+			break;
+		names = nn;
+		if (asprintf(&names[n], "%s/%s", config->store_dir, e->d_name) < 0)
+			break;
+		n++;
+	}
+	closedir(d);
+	qsort(names, n, sizeof(*names), cmp_str);
+	/* The empty slot stays last: take it out while adding. */
+	struct token *empty = NULL;
+	if (n_slots && !slots[n_slots - 1]->path) {
+		empty = slots[--n_slots];
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (!slot_has_path(names[i])) {
+			struct token *t = token_new(&file_token_ops, names[i]);
+			if (t && slot_append(t) == CKR_OK)
+				token_open(t);
+			else
+				token_free(t);
+		}
+		free(names[i]);
+	}
+	free(names);
+	if (empty) {
+		slots[n_slots++] = empty;
+	}
+}
+
+static CK_RV add_empty_slot(void)
+{
+	if (!config->store_dir)
+		return CKR_OK;
+	struct token *t = token_new(&file_token_ops, NULL);
+	if (!t)
+		return CKR_HOST_MEMORY;
+	CK_RV rv = slot_append(t);
+	if (rv != CKR_OK)
+		token_free(t);
+	return rv;
+}
+
+CK_RV slot_table_init(const struct config *cfg)
+{
+	config = cfg;
+	next_slot_id = 0;
+	for (size_t i = 0; i < cfg->n_tokens; i++) {
+		struct token *t = token_new(cfg->tokens[i].driver, cfg->tokens[i].path);
+		if (!t || slot_append(t) != CKR_OK) {
+			token_free(t);
+			return CKR_HOST_MEMORY;
+		}
+		/* A named token whose file does not exist yet is created
+		 * uninitialised, so C_InitToken can set it up. */
+		if (access(t->path, F_OK) != 0 && errno == ENOENT) {
+			CK_RV rv = t->ops->open(t->path, true, &t->store);
+			if (rv != CKR_OK) {
+				kt_log("cannot create token store %s: %s", t->path, kt_rv_name(rv));
+				return CKR_GENERAL_ERROR;
+			}
+			t->recognized = true;
+			token_refresh_state(t);
+		} else {
+			token_open(t);
+		}
+	}
+	scan_store();
+	return add_empty_slot();
+}
+
+void slot_table_free(void)
+{
+	for (size_t i = 0; i < n_slots; i++)
+		token_free(slots[i]);
+	free(slots);
+	slots = NULL;
+	n_slots = 0;
+	config = NULL;
+}
+
+void slot_table_abandon(void)
+{
+	/* The parent's SQLite handles must not be used here (SQLite forbids
+	 * carrying a connection across fork) nor closed (their locks and WAL
+	 * state are the parent's), so they are simply let go. */
+	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+	table_lock = fresh;
+	slots = NULL;
+	n_slots = 0;
+	config = NULL;
+}
+
+void slot_table_rescan(void)
+{
+	pthread_mutex_lock(&table_lock);
+	scan_store();
+	pthread_mutex_unlock(&table_lock);
+}
+
+size_t slot_count(void)
+{
+	pthread_mutex_lock(&table_lock);
+	size_t n = n_slots;
+	pthread_mutex_unlock(&table_lock);
+	return n;
+}
+
+struct token *slot_at(size_t i)
+{
+	pthread_mutex_lock(&table_lock);
+	struct token *t = i < n_slots ? slots[i] : NULL;
+	pthread_mutex_unlock(&table_lock);
+	return t;
+}
+
+struct token *slot_get(CK_SLOT_ID id)
+{
+	struct token *t = NULL;
+	pthread_mutex_lock(&table_lock);
+	for (size_t i = 0; i < n_slots; i++) {
+		if (slots[i]->slot_id == id) {
+			t = slots[i];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&table_lock);
+	return t;
+}
+
+const struct config *slot_config(void)
+{
+	return config;
+}
+
+void token_lock(struct token *t)
+{
+	pthread_mutex_lock(&t->lock);
+}
+
+void token_unlock(struct token *t)
+{
+	pthread_mutex_unlock(&t->lock);
+}
+
+CK_RV token_refresh_state(struct token *t)
+{
+	if (!t->store) {
+		memset(&t->state, 0, sizeof(t->state));
+		return CKR_OK;
+	}
+	return t->ops->state(t->store, &t->state);
+}
+
+bool token_present(const struct token *t)
+{
+	return t->store != NULL || !t->recognized;
+}
+
+CK_RV token_sync(struct token *t)
+{
+	if (!t->store)
+		return t->recognized || !t->path ? CKR_OK : CKR_TOKEN_NOT_RECOGNIZED;
+	if (!t->ops->changed(t->store))
+		return CKR_OK;
+	kt_debug(KT_DBG_TOKEN, "%s changed by another process: reloading", t->path);
+	CK_RV rv = token_refresh_state(t);
+	if (rv == CKR_OK)
+		rv = token_reload(t);
+	return rv;
+}
+
+/* mkdir -p, private: the store holds sealed keys and PIN counters. */
+static CK_RV make_dirs(const char *dir)
+{
+	char path[PATH_MAX];
+	if (snprintf(path, sizeof(path), "%s", dir) >= (int)sizeof(path))
+		return CKR_DEVICE_ERROR;
+	for (char *p = path + 1;; p++) {
+		if (*p != '/' && *p != '\0')
+			continue;
+		char saved = *p;
+		*p = '\0';
+		if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+			kt_log("cannot create store directory %s: %s", path, strerror(errno));
+			return CKR_DEVICE_ERROR;
+		}
+		*p = saved;
+		if (!saved)
+			return CKR_OK;
+	}
+}
+
+/* A new store file in the store directory, named so that sorting names
+ * sorts by creation time. */
+static CK_RV create_store(struct token *t)
+{
+	unsigned char rnd[4];
+	char path[PATH_MAX];
+	CK_RV rv = crypto_random(rnd, sizeof(rnd));
+	if (rv != CKR_OK)
+		return rv;
+	rv = make_dirs(config->store_dir);
+	if (rv != CKR_OK)
+		return rv;
+	int n = snprintf(path, sizeof(path), "%s/%012llx-%02x%02x%02x%02x" TOKEN_SUFFIX,
+			 config->store_dir, (unsigned long long)time(NULL), rnd[0], rnd[1], rnd[2],
+			 rnd[3]);
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return CKR_DEVICE_ERROR;
+	rv = t->ops->open(path, true, &t->store);
+	if (rv != CKR_OK)
+		return rv;
+	t->path = strdup(path);
+	if (!t->path) {
+		t->ops->close(t->store);
+		t->store = NULL;
+		unlink(path);
+		return CKR_HOST_MEMORY;
+	}
+	t->recognized = true;
+	return CKR_OK;
+}
+
+CK_RV token_init(struct token *t, const CK_UTF8CHAR *so_pin, CK_ULONG so_len, const char *label)
+{
+	CK_RV rv;
+	bool created = false;
+
+	if (!t->store && t->path)
+		return CKR_TOKEN_NOT_RECOGNIZED;
+	if (!t->store) {
+		rv = create_store(t);
+		if (rv != CKR_OK)
+			return rv;
+		created = true;
+	}
+	rv = t->ops->initialize(t->store, so_pin, so_len, label, &config->params);
+	if (rv != CKR_OK) {
+		if (created) {
+			/* Leave no half-made token behind: the slot is empty again. */
+			t->ops->close(t->store);
+			t->store = NULL;
+			unlink(t->path);
+			free(t->path);
+			t->path = NULL;
+		}
+		return rv;
+	}
+	objects_drop(t, false, false);
+	token_refresh_state(t);
+	rv = token_reload(t);
+	if (created) {
+		/* The old empty slot now holds a token: offer a new empty one. */
+		pthread_mutex_lock(&table_lock);
+		add_empty_slot();
+		pthread_mutex_unlock(&table_lock);
+	}
+	return rv;
+}
+
+CK_RV token_check_pin(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_ULONG len)
+{
+	CK_RV rv = t->ops->login(t->store, who, pin, len, NULL);
+	token_refresh_state(t);
+	return rv;
+}
+
+CK_RV token_login(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_ULONG len)
+{
+	struct token_key *key = NULL;
+	CK_RV rv = t->ops->login(t->store, who, pin, len, &key);
+	token_refresh_state(t);
+	if (rv != CKR_OK)
+		return rv;
+	t->login = who;
+	t->key = key;
+	return token_reload(t);
+}
+
+void token_logout(struct token *t)
+{
+	if (t->key)
+		t->ops->key_free(t->key);
+	t->key = NULL;
+	t->login = USER_NONE;
+	__atomic_add_fetch(&t->login_epoch, 1, __ATOMIC_SEQ_CST);
+	/* Handles to private session objects die with the login (PKCS#11
+	 * 3.0, C_Logout); token objects are reloaded without secrets. */
+	objects_drop(t, false, true);
+	token_reload(t);
+}
+
+CK_RV token_init_pin(struct token *t, const CK_UTF8CHAR *pin, CK_ULONG len)
+{
+	CK_RV rv = t->ops->init_pin(t->store, t->key, pin, len);
+	token_refresh_state(t);
+	return rv;
+}
+
+CK_RV token_set_pin(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *old_pin, CK_ULONG old_len,
+		    const CK_UTF8CHAR *new_pin, CK_ULONG new_len)
+{
+	CK_RV rv = t->ops->set_pin(t->store, who, old_pin, old_len, new_pin, new_len);
+	token_refresh_state(t);
+	return rv;
+}
+
+/* --- objects ------------------------------------------------------------ */
+
+bool token_object_visible(const struct token *t, const struct object *o)
+{
+	return !o->is_private || t->login == CKU_USER;
+}
+
+struct object *token_object_get(struct token *t, CK_OBJECT_HANDLE h)
+{
+	if (!t->buckets)
+		return NULL;
+	for (struct object *o = t->by_handle[handle_bucket(t, h)]; o; o = o->next_handle)
+		if (o->handle == h)
+			return token_object_visible(t, o) ? o : NULL;
+	return NULL;
+}
+
+CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *attrs,
+		       CK_OBJECT_HANDLE *handle)
+{
+	CK_RV rv;
+	CK_OBJECT_HANDLE h;
+	if (object_is_token(attrs)) {
+		uint64_t id;
+		rv = t->ops->object_add(t->store, t->key, attrs, &id);
+		if (rv != CKR_OK) {
+			attrs_free(attrs);
+			return rv;
+		}
+		h = (CK_OBJECT_HANDLE)id;
+		owner = 0;
+	} else {
+		if (t->next_session_handle == 0)
+			t->next_session_handle = SESSION_HANDLE_BASE;
+		h = t->next_session_handle++;
+	}
+	rv = object_insert(t, h, owner, attrs, true);
+	if (rv == CKR_OK)
+		*handle = h;
+	return rv;
+}
+
+CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attrs)
+{
+	if (o->owner == 0) {
+		CK_RV rv = t->ops->object_update(t->store, t->key, o->handle, attrs);
+		if (rv != CKR_OK) {
+			attrs_free(attrs);
+			return rv;
+		}
+	}
+	index_unlink(t, o);
+	attrs_free(o->attrs);
+	o->attrs = attrs;
+	o->is_private = object_is_private(attrs);
+	EVP_PKEY_free(o->pkey);
+	o->pkey = NULL;
+	index_link(t, o);
+	return CKR_OK;
+}
+
+CK_RV token_object_destroy(struct token *t, struct object *o)
+{
+	if (o->owner == 0) {
+		CK_RV rv = t->ops->object_delete(t->store, o->handle);
+		if (rv != CKR_OK)
+			return rv;
+	}
+	object_remove(t, o);
+	return CKR_OK;
+}
+
+void token_drop_session_objects(struct token *t, CK_SESSION_HANDLE owner)
+{
+	for (size_t b = 0; b < t->buckets; b++) {
+		struct object *o = t->by_handle[b];
+		while (o) {
+			struct object *next = o->next_handle;
+			if (o->owner == owner && owner != 0)
+				object_remove(t, o);
+			o = next;
+		}
+	}
+}
+
+static bool object_matches(const struct token *t, const struct object *o, const CK_ATTRIBUTE *tmpl,
+			   CK_ULONG count)
+{
+	if (!token_object_visible(t, o))
+		return false;
+	for (CK_ULONG i = 0; i < count; i++)
+		if (!attrs_match(o->attrs, &tmpl[i]))
+			return false;
+	return true;
+}
+
+CK_RV token_find(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG count, CK_OBJECT_HANDLE **out,
+		 size_t *n_out)
+{
+	size_t n = 0, cap = 16;
+	CK_OBJECT_HANDLE *h = malloc(cap * sizeof(*h));
+	if (!h)
+		return CKR_HOST_MEMORY;
+	for (CK_ULONG i = 0; i < count; i++) {
+		if (tmpl[i].ulValueLen && !tmpl[i].pValue) {
+			free(h);
+			return CKR_ARGUMENTS_BAD;
+		}
+	}
+
+	/* A label or an id narrows the search to one index chain. */
+	struct object **chain = NULL;
+	int which = 0;
+	for (CK_ULONG i = 0; i < count && !chain && t->buckets; i++) {
+		if (tmpl[i].type == CKA_LABEL || tmpl[i].type == CKA_ID) {
+			uint64_t hv = hash_bytes(tmpl[i].pValue, tmpl[i].ulValueLen);
+			which = tmpl[i].type == CKA_LABEL ? 1 : 2;
+			chain = which == 1 ? &t->by_label[hv & (t->buckets - 1)]
+					   : &t->by_id[hv & (t->buckets - 1)];
+		}
+	}
+	for (size_t b = 0; b < t->buckets; b++) {
+		struct object *o = chain ? *chain : t->by_handle[b];
+		while (o) {
+			if (object_matches(t, o, tmpl, count)) {
+				if (n == cap) {
+					CK_OBJECT_HANDLE *nh = realloc(h, cap * 2 * sizeof(*nh));
+					if (!nh) {
+						free(h);
+						return CKR_HOST_MEMORY;
+					}
+					h = nh;
+					cap *= 2;
+				}
+				h[n++] = o->handle;
+			}
+			o = which == 1 ? o->next_label : which == 2 ? o->next_id : o->next_handle;
+		}
+		if (chain)
+			break;
+	}
+	*out = h;
+	*n_out = n;
+	return CKR_OK;
+}
+
+CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out)
+{
+	if (!o->pkey) {
+		if (!o->complete)
+			return CKR_USER_NOT_LOGGED_IN;
+		CK_RV rv = crypto_load_pkey(o->cls, o->attrs, &o->pkey);
+		if (rv != CKR_OK)
+			return rv;
+	}
+	if (!EVP_PKEY_up_ref(o->pkey))
+		return CKR_HOST_MEMORY;
+	*out = o->pkey;
+	return CKR_OK;
+}

@@ -1,0 +1,111 @@
+/*
+ * Slots, their tokens, and each token's objects as this process sees them.
+ *
+ * Every configured token is a slot; with a store directory there is also one
+ * empty slot where C_InitToken creates a new token (after which another empty
+ * slot appears).  A token keeps an in-memory copy of its objects, indexed by
+ * handle, label and id so finds stay fast with many objects, and reloads it
+ * when another process has changed the store.  Login state is per token and
+ * per process, as PKCS#11 says.
+ *
+ * Locking: slot_table_lock() guards the slot list; each token has its own
+ * mutex (token_lock) guarding its objects, login state and store handle.
+ * Order: table before token.  Nothing here blocks on a person.
+ */
+#ifndef KOLTAMGA_SLOT_H
+#define KOLTAMGA_SLOT_H
+
+#include <pthread.h>
+#include <openssl/evp.h>
+
+#include "common.h"
+#include "attrs.h"
+#include "config.h"
+#include "token.h"
+
+#define USER_NONE ((CK_USER_TYPE)-1)
+
+/* Session-object handles start here; token objects use their store ids,
+ * which stay far below. */
+#define SESSION_HANDLE_BASE 0x40000000UL
+
+struct object {
+	CK_OBJECT_HANDLE handle;
+	CK_SESSION_HANDLE owner; /* session objects: the creating session; 0 for token objects */
+	struct attrs *attrs;
+	bool complete;           /* sealed attributes present (see token_object_cb) */
+	bool is_private;
+	CK_OBJECT_CLASS cls;
+	EVP_PKEY *pkey;          /* built on first use, for key objects */
+	uint64_t label_hash, id_hash;
+	struct object *next_handle, *next_label, *next_id;
+};
+
+struct token {
+	pthread_mutex_t lock;
+	CK_SLOT_ID slot_id;
+	const struct token_ops *ops;
+	char *path;
+	struct token_store *store; /* NULL: empty slot, or unrecognised store */
+	bool recognized;
+	struct token_state state; /* cached by token_refresh_state */
+
+	CK_USER_TYPE login; /* USER_NONE, CKU_USER or CKU_SO */
+	struct token_key *key;
+	/* Bumped at every logout: operations started under an earlier login
+	 * see the change and stop using private keys. */
+	volatile unsigned long login_epoch;
+
+	unsigned long sessions, rw_sessions;
+
+	struct object **by_handle, **by_label, **by_id;
+	size_t buckets, n_objects;
+	CK_OBJECT_HANDLE next_session_handle;
+};
+
+CK_RV slot_table_init(const struct config *cfg);
+void slot_table_free(void);
+/* In a forked child: forget the parent's table without touching it. */
+void slot_table_abandon(void);
+/* Look for tokens created by other processes in the store directory. */
+void slot_table_rescan(void);
+size_t slot_count(void);
+struct token *slot_at(size_t i);
+/* The token behind a slot id, or NULL (CKR_SLOT_ID_INVALID). */
+struct token *slot_get(CK_SLOT_ID id);
+const struct config *slot_config(void);
+
+void token_lock(struct token *t);
+void token_unlock(struct token *t);
+
+/* The rest expect the token lock held. */
+CK_RV token_refresh_state(struct token *t);
+bool token_present(const struct token *t);
+CK_RV token_sync(struct token *t);
+CK_RV token_init(struct token *t, const CK_UTF8CHAR *so_pin, CK_ULONG so_len, const char *label);
+CK_RV token_login(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_ULONG len);
+CK_RV token_check_pin(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_ULONG len);
+void token_logout(struct token *t);
+CK_RV token_init_pin(struct token *t, const CK_UTF8CHAR *pin, CK_ULONG len);
+CK_RV token_set_pin(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *old_pin, CK_ULONG old_len,
+		    const CK_UTF8CHAR *new_pin, CK_ULONG new_len);
+
+/* Can the current login state see this object at all? */
+bool token_object_visible(const struct token *t, const struct object *o);
+struct object *token_object_get(struct token *t, CK_OBJECT_HANDLE h);
+/* Add a new object (attrs taken, also on failure); token objects are
+ * written to the store first. */
+CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *attrs,
+		       CK_OBJECT_HANDLE *handle);
+/* Replace an object's attributes (taken, also on failure). */
+CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attrs);
+CK_RV token_object_destroy(struct token *t, struct object *o);
+/* Destroy the session objects a closing session owns. */
+void token_drop_session_objects(struct token *t, CK_SESSION_HANDLE owner);
+/* The objects visible now that match the template, as handles. */
+CK_RV token_find(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG count,
+		 CK_OBJECT_HANDLE **out, size_t *n_out);
+/* The EVP_PKEY of a key object, built once and cached; a new reference. */
+CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out);
+
+#endif

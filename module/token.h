@@ -1,0 +1,89 @@
+/*
+ * The one interface between the module and a token driver.  A driver stores
+ * objects and checks PINs; it never decides whether an operation is allowed
+ * (that is the module's, and later the policy layer's, job).
+ *
+ * Concurrency: the module serialises calls on one `struct token_store`
+ * (it holds that token's lock), but several processes may open the same
+ * store at once; the driver makes their writes atomic and lets each notice
+ * the others' changes (`changed`).
+ */
+#ifndef KOLTAMGA_TOKEN_H
+#define KOLTAMGA_TOKEN_H
+
+#include "common.h"
+#include "attrs.h"
+
+struct token_store; /* a driver's open token */
+struct token_key;   /* the unlocked secret that unseals private data */
+
+/* Parameters fixed when a token is (re)initialised. */
+struct token_params {
+	uint64_t scrypt_n; /* scrypt cost: a power of two */
+	uint32_t scrypt_r;
+	uint32_t scrypt_p;
+	CK_ULONG max_tries; /* wrong PINs before lockout */
+};
+
+struct token_state {
+	char label[33];      /* NUL-terminated, not padded */
+	char serial[17];     /* 16 hex digits, NUL-terminated */
+	bool initialized;    /* C_InitToken has run: an SO PIN exists */
+	bool user_pin_set;   /* C_InitPIN has run */
+	CK_ULONG user_fails; /* consecutive wrong user PINs */
+	CK_ULONG so_fails;
+	CK_ULONG max_tries;
+	struct token_params params;
+};
+
+/* Called once per object by `load`; the callback takes ownership of attrs.
+ * `complete` is false for a public object whose sealed attributes (secret
+ * key material) could not be opened because no key was given. */
+typedef CK_RV (*token_object_cb)(void *ctx, uint64_t id, struct attrs *attrs, bool complete);
+
+struct token_ops {
+	const char *name;
+	/* Open an existing store (create == false) or create an empty,
+	 * uninitialised one.  A file that is not a valid store is
+	 * CKR_TOKEN_NOT_RECOGNIZED and is left untouched. */
+	CK_RV (*open)(const char *path, bool create, struct token_store **out);
+	void (*close)(struct token_store *t);
+	CK_RV (*state)(struct token_store *t, struct token_state *out);
+	/* C_InitToken.  On an initialised token the SO PIN is verified
+	 * (counting failures) and every object is destroyed; then a new token
+	 * key is made, wrapped under the SO PIN; the user PIN becomes unset. */
+	CK_RV (*initialize)(struct token_store *t, const CK_UTF8CHAR *so_pin, CK_ULONG so_len,
+			    const char *label, const struct token_params *params);
+	/* Verify a PIN (CKU_USER or CKU_SO).  Counts the attempt before
+	 * checking so a crash cannot grant a free guess, resets on success.
+	 * CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_USER_PIN_NOT_INITIALIZED.
+	 * On success *key (may be NULL if not wanted) unseals private data. */
+	CK_RV (*login)(struct token_store *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_ULONG len,
+		       struct token_key **key);
+	void (*key_free)(struct token_key *key);
+	/* C_InitPIN: set the user PIN; `so_key` is from an SO login. */
+	CK_RV (*init_pin)(struct token_store *t, const struct token_key *so_key,
+			  const CK_UTF8CHAR *pin, CK_ULONG len);
+	/* C_SetPIN for `who`: the old PIN is verified like a login. */
+	CK_RV (*set_pin)(struct token_store *t, CK_USER_TYPE who, const CK_UTF8CHAR *old_pin,
+			 CK_ULONG old_len, const CK_UTF8CHAR *new_pin, CK_ULONG new_len);
+	/* True when another process committed a change since the last
+	 * `load` or `changed` call on this store. */
+	bool (*changed)(struct token_store *t);
+	/* Every object.  Private objects only when key != NULL. */
+	CK_RV (*load)(struct token_store *t, const struct token_key *key, token_object_cb cb,
+		      void *ctx);
+	CK_RV (*object_add)(struct token_store *t, const struct token_key *key,
+			    const struct attrs *attrs, uint64_t *id);
+	/* Replace an object's attributes in one transaction. */
+	CK_RV (*object_update)(struct token_store *t, const struct token_key *key, uint64_t id,
+			       const struct attrs *attrs);
+	CK_RV (*object_delete)(struct token_store *t, uint64_t id);
+};
+
+/* Which attributes are sealed even on a public object: key material. */
+bool token_attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type);
+
+extern const struct token_ops file_token_ops;
+
+#endif
