@@ -1,0 +1,56 @@
+/*
+ * koltamga.conf: where tokens live and how they behave.
+ *
+ * Sources, first found wins (never merged, so what is in force is always one
+ * file a person can read):
+ *   1. the file named by $KOLTAMGA_CONF (a missing file is an error);
+ *   2. the string p11-kit passes as pReserved from a module file's
+ *      `x-init-reserved:` (';' separates lines there);
+ *   3. /etc/koltamga/koltamga.conf when it exists;
+ *   4. nothing: defaults (one store under $XDG_DATA_HOME/koltamga).
+ *
+ * Syntax: `key = value` lines, `#` comments, `[token]` starts a token section.
+ * Module-wide keys (before any section):
+ *   store = DIR         directory of file tokens: every *.ktok in it is a slot,
+ *                       plus one empty slot where C_InitToken creates a new one
+ *                       (default $XDG_DATA_HOME/koltamga, else ~/.local/share/koltamga)
+ *   max_pin_tries = N   wrong PINs before lockout, 1..100 (default 5)
+ *   min_pin_len = N     (default 4)          max_pin_len = N (default 64)
+ *   scrypt_n = N        KDF cost for tokens initialised from now on: a power of
+ *   scrypt_r = N        two >= 1024 (default 32768, r 8, p 1); stored per token
+ *   scrypt_p = N
+ * [token] keys:
+ *   driver = file       (the only driver so far)
+ *   path = FILE         the token's store file (created by C_InitToken if absent)
+ * Unknown keys, bad numbers or a missing path are errors: C_Initialize fails
+ * with CKR_ARGUMENTS_BAD (a bad pReserved) or CKR_GENERAL_ERROR, after one
+ * clear line on stderr; nothing falls back to weaker defaults silently.
+ */
+#ifndef KOLTAMGA_CONFIG_H
+#define KOLTAMGA_CONFIG_H
+
+#include "common.h"
+#include "token.h"
+
+struct config_token {
+	const struct token_ops *driver;
+	char *path;
+};
+
+struct config {
+	char *store_dir; /* NULL: no store directory (only [token]s) */
+	CK_ULONG min_pin_len;
+	CK_ULONG max_pin_len;
+	struct token_params params;
+	struct config_token *tokens;
+	size_t n_tokens;
+	char *source; /* where it came from, for messages */
+};
+
+/* Parse text; `origin` names the source in messages. */
+CK_RV config_parse(const char *text, const char *origin, struct config **out);
+/* Find and parse per the order above.  pReserved may be NULL. */
+CK_RV config_load(const char *reserved, struct config **out);
+void config_free(struct config *c);
+
+#endif
