@@ -17,7 +17,9 @@ void attrs_free(struct attrs *a);
 struct attrs *attrs_dup(const struct attrs *a);
 
 size_t attrs_count(const struct attrs *a);
-/* The i-th attribute in type order; its pValue is owned by the set. */
+/* Pointers returned by attrs_at/attrs_get stay valid only until the next
+ * attrs_set/attrs_take/attrs_remove on the same set (the array moves).
+ * The i-th attribute in type order; its pValue is owned by the set. */
 const CK_ATTRIBUTE *attrs_at(const struct attrs *a, size_t i);
 const CK_ATTRIBUTE *attrs_get(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
 bool attrs_has(const struct attrs *a, CK_ATTRIBUTE_TYPE type);

@@ -36,16 +36,16 @@
  * nothing new should be signed with less.  16384 bounds the work a hostile
  * key can cause (and every allocation that follows from it).
  */
-#define RSA_GEN_MIN_BITS 2048
-#define RSA_GEN_MAX_BITS 4096
-#define RSA_PUB_MIN_BITS 1024
+#define RSA_GEN_MIN_BITS  2048
+#define RSA_GEN_MAX_BITS  4096
+#define RSA_PUB_MIN_BITS  1024
 #define RSA_PRIV_MIN_BITS 2048
-#define RSA_MAX_BITS 16384
-#define RSA_MAX_BYTES (RSA_MAX_BITS / 8)
+#define RSA_MAX_BITS	  16384
+#define RSA_MAX_BYTES	  (RSA_MAX_BITS / 8)
 /* OpenSSL itself refuses public exponents above 64 bits for big moduli;
  * nothing legitimate uses them. */
 #define RSA_MAX_E_BYTES 8
-#define RSA_DEFAULT_E 65537
+#define RSA_DEFAULT_E	65537
 
 /* Single-part input is buffered up to this much; beyond, CKR_DATA_LEN_RANGE. */
 #define OP_MAX_INPUT (64u * 1024 * 1024)
@@ -58,6 +58,8 @@
 
 /* DER ECDSA-Sig-Value for P-521: two INTEGERs of at most 67 bytes each. */
 #define ECDSA_DER_MAX 160
+/* An uncompressed P-521 point: 04 || x || y */
+#define EC_POINT_MAX (1 + 2 * 66)
 
 /* ---------------------------------------------------------------------- */
 /* OpenSSL plumbing */
@@ -71,18 +73,23 @@ static CK_RV ossl_fail(const char *what)
 	char buf[256];
 	bool any = false;
 
+	if (!(kt_debug_mask & KT_DBG_CRYPTO))
+		goto out;
 	while ((e = ERR_get_error()) != 0) {
 		any = true;
 		ERR_error_string_n(e, buf, sizeof(buf));
-		kt_debug(KT_DBG_CRYPTO, "%s: %s", what, buf);
+		kt_debug_print(KT_DBG_CRYPTO, "%s: %s", what, buf);
 	}
 	if (!any)
-		kt_debug(KT_DBG_CRYPTO, "%s failed", what);
+		kt_debug_print(KT_DBG_CRYPTO, "%s failed", what);
+out:
+	ERR_clear_error();
 	return CKR_FUNCTION_FAILED;
 }
 
 /* Fetched once per process: a name-based fetch takes locks inside OpenSSL
  * and would otherwise happen on every C_SignInit. */
+/* clang-format off */
 static struct {
 	const char *name;
 	EVP_MD *md;
@@ -96,10 +103,11 @@ static struct {
 	bool pad;
 	EVP_CIPHER *cipher;
 } wrap_ciphers[] = {
-	{ "AES-128-WRAP", 16, false, NULL },	 { "AES-192-WRAP", 24, false, NULL },
-	{ "AES-256-WRAP", 32, false, NULL },	 { "AES-128-WRAP-PAD", 16, true, NULL },
-	{ "AES-192-WRAP-PAD", 24, true, NULL }, { "AES-256-WRAP-PAD", 32, true, NULL },
+	{ "AES-128-WRAP", 16, false, NULL },     { "AES-192-WRAP", 24, false, NULL },
+	{ "AES-256-WRAP", 32, false, NULL },     { "AES-128-WRAP-PAD", 16, true, NULL },
+	{ "AES-192-WRAP-PAD", 24, true, NULL },  { "AES-256-WRAP-PAD", 32, true, NULL },
 };
+/* clang-format on */
 
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 
@@ -188,8 +196,7 @@ static CK_ULONG be_bits(const CK_BYTE *p, CK_ULONG len)
 /* An integer attribute as a BIGNUM; NULL when absent, zero or longer than
  * max_bytes.  Secrets go into BNs flagged secure and constant-time, which
  * OpenSSL wipes when it frees or copies them. */
-static BIGNUM *attr_bn(const struct attrs *a, CK_ATTRIBUTE_TYPE type, bool secret,
-		       CK_ULONG max_bytes)
+static BIGNUM *attr_bn(const struct attrs *a, CK_ATTRIBUTE_TYPE type, bool secret, CK_ULONG max_bytes)
 {
 	const CK_ATTRIBUTE *at = attrs_get(a, type);
 	const CK_BYTE *p;
@@ -232,8 +239,8 @@ static CK_RV attr_set_bn(struct attrs *a, CK_ATTRIBUTE_TYPE type, const BIGNUM *
 /* Read one DER TLV at the start of p: definite lengths only, minimally
  * encoded, at most three length bytes (our objects are far smaller).
  * *used is the whole TLV's size. */
-static bool der_peek(const CK_BYTE *p, size_t len, CK_BYTE *tag, const CK_BYTE **content,
-		     size_t *clen, size_t *used)
+static bool der_peek(const CK_BYTE *p, size_t len, CK_BYTE *tag, const CK_BYTE **content, size_t *clen,
+		     size_t *used)
 {
 	size_t n, hdr = 2;
 
@@ -261,8 +268,7 @@ static bool der_peek(const CK_BYTE *p, size_t len, CK_BYTE *tag, const CK_BYTE *
 }
 
 /* Exactly one TLV filling the buffer. */
-static bool der_read(const CK_BYTE *p, size_t len, CK_BYTE *tag, const CK_BYTE **content,
-		     size_t *clen)
+static bool der_read(const CK_BYTE *p, size_t len, CK_BYTE *tag, const CK_BYTE **content, size_t *clen)
 {
 	size_t used;
 	return der_peek(p, len, tag, content, clen, &used) && used == len;
@@ -288,8 +294,7 @@ static size_t der_put_header(CK_BYTE *out, CK_BYTE tag, size_t n)
 }
 
 /* The DER OCTET STRING CKA_EC_POINT holds (n is at most a few hundred). */
-static CK_RV attr_set_octet_string(struct attrs *a, CK_ATTRIBUTE_TYPE type, const CK_BYTE *c,
-				   size_t n)
+static CK_RV attr_set_octet_string(struct attrs *a, CK_ATTRIBUTE_TYPE type, const CK_BYTE *c, size_t n)
 {
 	CK_BYTE *buf = malloc(n + 4);
 	size_t hdr;
@@ -306,10 +311,10 @@ static CK_RV attr_set_octet_string(struct attrs *a, CK_ATTRIBUTE_TYPE type, cons
 
 struct curve {
 	const char *name; /* OpenSSL group (EC) or algorithm (EdDSA) name */
-	int nid;          /* EC: to derive a public point; 0 for EdDSA */
+	int nid;	  /* EC: to derive a public point; 0 for EdDSA */
 	CK_KEY_TYPE kt;
-	CK_ULONG bits;    /* field size, as CK_MECHANISM_INFO counts */
-	size_t len;       /* EC: bytes of a coordinate and of the order; EdDSA: raw key bytes */
+	CK_ULONG bits;	    /* field size, as CK_MECHANISM_INFO counts */
+	size_t len;	    /* EC: bytes of a coordinate and of the order; EdDSA: raw key bytes */
 	const CK_BYTE *oid; /* DER OBJECT IDENTIFIER */
 	size_t oid_len;
 	const CK_BYTE *printable; /* DER PrintableString alias, or NULL */
@@ -318,6 +323,7 @@ struct curve {
 
 #define DER(s) (const CK_BYTE *)(s), sizeof(s) - 1
 
+/* clang-format off */
 static const struct curve curves[] = {
 	{ "P-256", NID_X9_62_prime256v1, CKK_EC, 256, 32,
 	  DER("\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07"), NULL, 0 },
@@ -329,6 +335,7 @@ static const struct curve curves[] = {
 	{ "ED448", 0, CKK_EC_EDWARDS, 448, 57, DER("\x06\x03\x2b\x65\x71"),
 	  DER("\x13\x0a" "edwards448") },
 };
+/* clang-format on */
 
 /* CKA_EC_PARAMS to a curve of key type kt.  A well-formed encoding of
  * something we do not serve (another OID, explicit parameters,
@@ -347,8 +354,7 @@ static CK_RV curve_from_attr(const CK_ATTRIBUTE *at, CK_KEY_TYPE kt, const struc
 	for (size_t i = 0; i < KT_ARRAY_SIZE(curves); i++) {
 		const struct curve *cv = &curves[i];
 		if ((len == cv->oid_len && memcmp(p, cv->oid, len) == 0) ||
-		    (cv->printable && len == cv->printable_len &&
-		     memcmp(p, cv->printable, len) == 0)) {
+		    (cv->printable && len == cv->printable_len && memcmp(p, cv->printable, len) == 0)) {
 			rv = cv->kt == kt ? CKR_OK : CKR_CURVE_NOT_SUPPORTED;
 			if (rv == CKR_OK)
 				*out = cv;
@@ -391,8 +397,7 @@ static size_t curve_point_len(const struct curve *c)
  * OCTET STRING is the standard form; the bare point is accepted too
  * because several applications send it (*raw says which it was).  The two
  * cannot be confused: their lengths differ. */
-static CK_RV ec_point_from_attr(const struct curve *c, const CK_ATTRIBUTE *at, const CK_BYTE **pt,
-				bool *raw)
+static CK_RV ec_point_from_attr(const struct curve *c, const CK_ATTRIBUTE *at, const CK_BYTE **pt, bool *raw)
 {
 	CK_RV rv = CKR_TEMPLATE_INCOMPLETE;
 	size_t want = curve_point_len(c), clen;
@@ -451,20 +456,22 @@ out:
 
 enum rsa_part { RSA_N, RSA_E, RSA_D, RSA_P, RSA_Q, RSA_DP, RSA_DQ, RSA_QINV, RSA_NPARTS };
 
+/* clang-format off */
 static const struct {
 	CK_ATTRIBUTE_TYPE type;
 	const char *param;
 	bool secret;
 } rsa_parts[RSA_NPARTS] = {
-	[RSA_N] = { CKA_MODULUS, OSSL_PKEY_PARAM_RSA_N, false },
-	[RSA_E] = { CKA_PUBLIC_EXPONENT, OSSL_PKEY_PARAM_RSA_E, false },
-	[RSA_D] = { CKA_PRIVATE_EXPONENT, OSSL_PKEY_PARAM_RSA_D, true },
-	[RSA_P] = { CKA_PRIME_1, OSSL_PKEY_PARAM_RSA_FACTOR1, true },
-	[RSA_Q] = { CKA_PRIME_2, OSSL_PKEY_PARAM_RSA_FACTOR2, true },
-	[RSA_DP] = { CKA_EXPONENT_1, OSSL_PKEY_PARAM_RSA_EXPONENT1, true },
-	[RSA_DQ] = { CKA_EXPONENT_2, OSSL_PKEY_PARAM_RSA_EXPONENT2, true },
-	[RSA_QINV] = { CKA_COEFFICIENT, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, true },
+	[RSA_N]    = { CKA_MODULUS,          OSSL_PKEY_PARAM_RSA_N,            false },
+	[RSA_E]    = { CKA_PUBLIC_EXPONENT,  OSSL_PKEY_PARAM_RSA_E,            false },
+	[RSA_D]    = { CKA_PRIVATE_EXPONENT, OSSL_PKEY_PARAM_RSA_D,            true },
+	[RSA_P]    = { CKA_PRIME_1,          OSSL_PKEY_PARAM_RSA_FACTOR1,      true },
+	[RSA_Q]    = { CKA_PRIME_2,          OSSL_PKEY_PARAM_RSA_FACTOR2,      true },
+	[RSA_DP]   = { CKA_EXPONENT_1,       OSSL_PKEY_PARAM_RSA_EXPONENT1,    true },
+	[RSA_DQ]   = { CKA_EXPONENT_2,       OSSL_PKEY_PARAM_RSA_EXPONENT2,    true },
+	[RSA_QINV] = { CKA_COEFFICIENT,      OSSL_PKEY_PARAM_RSA_COEFFICIENT1, true },
 };
+/* clang-format on */
 
 struct rsa_bns {
 	BIGNUM *bn[RSA_NPARTS];
@@ -557,8 +564,7 @@ static CK_RV ec_pkey(const struct curve *c, const CK_BYTE *pt, const BIGNUM *d, 
 
 	if (!bld || !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, c->name, 0))
 		goto out;
-	if (pt && !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt,
-						   curve_point_len(c)))
+	if (pt && !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, curve_point_len(c)))
 		goto out;
 	if (d && !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, d))
 		goto out;
@@ -570,8 +576,8 @@ out:
 
 static CK_RV ed_pkey(const struct curve *c, const CK_BYTE *raw, bool priv, EVP_PKEY **out)
 {
-	*out = priv ? EVP_PKEY_new_raw_private_key_ex(NULL, c->name, NULL, raw, c->len) :
-		      EVP_PKEY_new_raw_public_key_ex(NULL, c->name, NULL, raw, c->len);
+	*out = priv ? EVP_PKEY_new_raw_private_key_ex(NULL, c->name, NULL, raw, c->len)
+		    : EVP_PKEY_new_raw_public_key_ex(NULL, c->name, NULL, raw, c->len);
 	return *out ? CKR_OK : ossl_fail("EVP_PKEY_new_raw_key");
 }
 
@@ -604,56 +610,33 @@ static CK_RV rsa_check_crt(const struct rsa_bns *r)
 {
 	CK_RV rv = CKR_HOST_MEMORY;
 	BN_CTX *ctx = BN_CTX_secure_new();
-	BIGNUM *t, *pm1, *qm1;
+	BIGNUM *t[6], *pm1, *qm1;
+	BIGNUM *const *b = r->bn;
 
 	if (!ctx)
 		goto out;
 	BN_CTX_start(ctx);
-	t = BN_CTX_get(ctx);
+	for (int i = 0; i < 6; i++)
+		t[i] = BN_CTX_get(ctx);
 	pm1 = BN_CTX_get(ctx);
 	qm1 = BN_CTX_get(ctx);
 	if (!qm1)
 		goto out;
+	rv = CKR_ATTRIBUTE_VALUE_INVALID;
+	if (BN_is_one(b[RSA_P]) || BN_is_one(b[RSA_Q]))
+		goto out;
+	/* n = p*q; dp = d mod (p-1), dq = d mod (q-1); e*dp = 1 mod (p-1)
+	 * and e*dq = 1 mod (q-1), so d really inverts e; qinv*q = 1 mod p */
 	rv = CKR_FUNCTION_FAILED;
-	if (!BN_mul(t, r->bn[RSA_P], r->bn[RSA_Q], ctx))
+	if (!BN_sub(pm1, b[RSA_P], BN_value_one()) || !BN_sub(qm1, b[RSA_Q], BN_value_one()) ||
+	    !BN_mul(t[0], b[RSA_P], b[RSA_Q], ctx) || !BN_mod(t[1], b[RSA_D], pm1, ctx) ||
+	    !BN_mod(t[2], b[RSA_D], qm1, ctx) || !BN_mod_mul(t[3], b[RSA_E], b[RSA_DP], pm1, ctx) ||
+	    !BN_mod_mul(t[4], b[RSA_E], b[RSA_DQ], qm1, ctx) ||
+	    !BN_mod_mul(t[5], b[RSA_QINV], b[RSA_Q], b[RSA_P], ctx))
 		goto out;
 	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (BN_cmp(t, r->bn[RSA_N]) != 0 || BN_is_one(r->bn[RSA_P]) || BN_is_one(r->bn[RSA_Q]))
-		goto out;
-	rv = CKR_FUNCTION_FAILED;
-	if (!BN_sub(pm1, r->bn[RSA_P], BN_value_one()) || !BN_sub(qm1, r->bn[RSA_Q], BN_value_one()))
-		goto out;
-	/* dp = d mod (p-1), dq = d mod (q-1) */
-	if (!BN_mod(t, r->bn[RSA_D], pm1, ctx))
-		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (BN_cmp(t, r->bn[RSA_DP]) != 0)
-		goto out;
-	rv = CKR_FUNCTION_FAILED;
-	if (!BN_mod(t, r->bn[RSA_D], qm1, ctx))
-		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (BN_cmp(t, r->bn[RSA_DQ]) != 0)
-		goto out;
-	/* e*dp = 1 mod (p-1), e*dq = 1 mod (q-1): d really inverts e */
-	rv = CKR_FUNCTION_FAILED;
-	if (!BN_mod_mul(t, r->bn[RSA_E], r->bn[RSA_DP], pm1, ctx))
-		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (!BN_is_one(t))
-		goto out;
-	rv = CKR_FUNCTION_FAILED;
-	if (!BN_mod_mul(t, r->bn[RSA_E], r->bn[RSA_DQ], qm1, ctx))
-		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (!BN_is_one(t))
-		goto out;
-	/* qinv * q = 1 mod p */
-	rv = CKR_FUNCTION_FAILED;
-	if (!BN_mod_mul(t, r->bn[RSA_QINV], r->bn[RSA_Q], r->bn[RSA_P], ctx))
-		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (!BN_is_one(t))
+	if (BN_cmp(t[0], b[RSA_N]) != 0 || BN_cmp(t[1], b[RSA_DP]) != 0 || BN_cmp(t[2], b[RSA_DQ]) != 0 ||
+	    !BN_is_one(t[3]) || !BN_is_one(t[4]) || !BN_is_one(t[5]))
 		goto out;
 	rv = CKR_OK;
 out:
@@ -701,9 +684,10 @@ out:
 	return rv;
 }
 
-/* Q = d*G, for the public half of an imported EC private key.  EC_GROUP and
- * EC_POINT are not deprecated in OpenSSL 3 (only EC_KEY is). */
-static CK_RV ec_derive_point(const struct curve *c, const BIGNUM *d, CK_BYTE *pt)
+/* Q = d*G, after checking 1 <= d < n: the public half of an EC private
+ * key.  EC_GROUP and EC_POINT are not deprecated in OpenSSL 3 (only EC_KEY
+ * is).  CKR_ATTRIBUTE_VALUE_INVALID for a scalar out of range. */
+static CK_RV ec_public_from_scalar(const struct curve *c, const BIGNUM *d, CK_BYTE *pt)
 {
 	CK_RV rv = CKR_HOST_MEMORY;
 	EC_GROUP *g = EC_GROUP_new_by_curve_name(c->nid);
@@ -712,9 +696,12 @@ static CK_RV ec_derive_point(const struct curve *c, const BIGNUM *d, CK_BYTE *pt
 
 	if (!g || !ctx || !(q = EC_POINT_new(g)))
 		goto out;
+	rv = CKR_ATTRIBUTE_VALUE_INVALID;
+	if (BN_is_zero(d) || BN_cmp(d, EC_GROUP_get0_order(g)) >= 0)
+		goto out;
 	if (!EC_POINT_mul(g, q, d, NULL, NULL, ctx) ||
 	    EC_POINT_point2oct(g, q, POINT_CONVERSION_UNCOMPRESSED, pt, curve_point_len(c), ctx) !=
-		    curve_point_len(c)) {
+		curve_point_len(c)) {
 		rv = ossl_fail("EC_POINT_mul");
 		goto out;
 	}
@@ -723,23 +710,6 @@ out:
 	EC_POINT_free(q);
 	EC_GROUP_free(g);
 	BN_CTX_free(ctx);
-	return rv;
-}
-
-/* 1 <= d < n, checked against the group's order. */
-static CK_RV ec_check_scalar(const struct curve *c, const BIGNUM *d)
-{
-	CK_RV rv = CKR_HOST_MEMORY;
-	EC_GROUP *g = EC_GROUP_new_by_curve_name(c->nid);
-
-	if (!g)
-		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (BN_is_zero(d) || BN_cmp(d, EC_GROUP_get0_order(g)) >= 0)
-		goto out;
-	rv = CKR_OK;
-out:
-	EC_GROUP_free(g);
 	return rv;
 }
 
@@ -797,7 +767,7 @@ static CK_RV ecc_check_private(const struct curve *c, struct attrs *a)
 	const CK_BYTE *p;
 	CK_ULONG len;
 	BIGNUM *d = NULL;
-	CK_BYTE pt[1 + 2 * 66];
+	CK_BYTE pt[EC_POINT_MAX];
 	EVP_PKEY *pkey = NULL;
 
 	if (!v)
@@ -821,10 +791,7 @@ static CK_RV ecc_check_private(const struct curve *c, struct attrs *a)
 		d = attr_bn(a, CKA_VALUE, true, c->len);
 		if (!d)
 			goto out;
-		rv = ec_check_scalar(c, d);
-		if (rv != CKR_OK)
-			goto out;
-		rv = ec_derive_point(c, d, pt);
+		rv = ec_public_from_scalar(c, d, pt);
 		if (rv != CKR_OK)
 			goto out;
 		rv = ec_pkey(c, pt, NULL, &pkey);
@@ -844,9 +811,9 @@ static CK_RV ecc_check(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, struct attrs *a)
 	const struct curve *c;
 
 	rv = curve_from_attr(attrs_get(a, CKA_EC_PARAMS), kt, &c);
-	if (rv != CKR_OK)
-		return rv;
-	return cls == CKO_PUBLIC_KEY ? ecc_check_public(c, a) : ecc_check_private(c, a);
+	if (rv == CKR_OK)
+		rv = cls == CKO_PUBLIC_KEY ? ecc_check_public(c, a) : ecc_check_private(c, a);
+	return rv;
 }
 
 static CK_RV secret_check(CK_KEY_TYPE kt, struct attrs *a)
@@ -908,8 +875,7 @@ CK_RV crypto_check_key(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, struct attrs *a)
 	}
 out:
 	if (rv != CKR_OK)
-		kt_debug(KT_DBG_CRYPTO, "key check (class %lu, type %lu): %s", cls, kt,
-			 kt_rv_name(rv));
+		kt_debug(KT_DBG_CRYPTO, "key check (class %lu, type %lu): %s", cls, kt, kt_rv_name(rv));
 	return rv;
 }
 
@@ -946,10 +912,17 @@ CK_RV crypto_load_pkey(CK_OBJECT_CLASS cls, const struct attrs *a, EVP_PKEY **ou
 			if (rv == CKR_OK)
 				rv = kt == CKK_EC ? ec_pkey(c, pt, NULL, out) : ed_pkey(c, pt, false, out);
 		} else if (kt == CKK_EC) {
+			/* With its public point, so the private key can verify
+			 * and compare like any other; one point multiplication
+			 * per load is cheap because the module keeps the loaded
+			 * key with the object. */
+			CK_BYTE pt[EC_POINT_MAX];
 			rv = CKR_FUNCTION_FAILED;
 			d = attr_bn(a, CKA_VALUE, true, c->len);
 			if (d)
-				rv = ec_pkey(c, NULL, d, out);
+				rv = ec_public_from_scalar(c, d, pt);
+			if (rv == CKR_OK)
+				rv = ec_pkey(c, pt, d, out);
 		} else {
 			const CK_ATTRIBUTE *v = attrs_get(a, CKA_VALUE);
 			rv = CKR_FUNCTION_FAILED;
@@ -1031,8 +1004,7 @@ static CK_RV check_key_type(const struct attrs *a, CK_KEY_TYPE kt)
 
 	if (!attrs_has(a, CKA_KEY_TYPE))
 		return CKR_OK;
-	return attrs_get_ulong(a, CKA_KEY_TYPE, &have) && have == kt ? CKR_OK :
-								       CKR_TEMPLATE_INCONSISTENT;
+	return attrs_get_ulong(a, CKA_KEY_TYPE, &have) && have == kt ? CKR_OK : CKR_TEMPLATE_INCONSISTENT;
 }
 
 /* Filled in only once the key exists, so a failed generation leaves the
@@ -1047,7 +1019,7 @@ static CK_RV rsa_generate(struct attrs *pub, struct attrs *priv)
 	CK_RV rv = CKR_TEMPLATE_INCOMPLETE;
 	CK_ULONG bits;
 	BIGNUM *e = NULL;
-	BIGNUM *bn[RSA_NPARTS] = { NULL };
+	BIGNUM *bn[RSA_NPARTS] = {NULL};
 	EVP_PKEY_CTX *ctx = NULL;
 	EVP_PKEY *pkey = NULL;
 
@@ -1113,7 +1085,7 @@ static CK_RV ecc_generate(const struct curve *c, struct attrs *pub, struct attrs
 	EVP_PKEY_CTX *ctx = NULL;
 	EVP_PKEY *pkey = NULL;
 	BIGNUM *d = NULL;
-	CK_BYTE pt[1 + 2 * 66];
+	CK_BYTE pt[EC_POINT_MAX];
 	size_t pt_len = curve_point_len(c), got;
 	CK_BYTE *sk = NULL;
 	size_t sk_len = c->len;
@@ -1133,8 +1105,7 @@ static CK_RV ecc_generate(const struct curve *c, struct attrs *pub, struct attrs
 		goto out;
 	if (c->kt == CKK_EC) {
 		/* The default point format of a generated key is uncompressed. */
-		if (!EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof(pt),
-						     &got) ||
+		if (!EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof(pt), &got) ||
 		    got != pt_len || pt[0] != 0x04 ||
 		    !EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_PRIV_KEY, &d) ||
 		    BN_bn2binpad(d, sk, (int)sk_len) < 0) {
@@ -1193,9 +1164,8 @@ CK_RV crypto_generate_key_pair(const CK_MECHANISM *m, struct attrs *pub, struct 
 		 * differ from them. */
 		priv_params = attrs_get(priv, CKA_EC_PARAMS);
 		rv = CKR_TEMPLATE_INCONSISTENT;
-		if (priv_params &&
-		    (priv_params->ulValueLen != params->ulValueLen ||
-		     memcmp(priv_params->pValue, params->pValue, params->ulValueLen) != 0))
+		if (priv_params && (priv_params->ulValueLen != params->ulValueLen ||
+				    memcmp(priv_params->pValue, params->pValue, params->ulValueLen) != 0))
 			goto out;
 		rv = ecc_generate(c, pub, priv);
 		if (rv != CKR_OK)
@@ -1211,8 +1181,8 @@ CK_RV crypto_generate_key_pair(const CK_MECHANISM *m, struct attrs *pub, struct 
 		rv = set_key_type(priv, mi->key_type);
 out:
 	if (rv != CKR_OK)
-		kt_debug(KT_DBG_CRYPTO, "key pair generation (%s): %s",
-			 m ? kt_mech_name(m->mechanism) : "-", kt_rv_name(rv));
+		kt_debug(KT_DBG_CRYPTO, "key pair generation (%s): %s", m ? kt_mech_name(m->mechanism) : "-",
+			 kt_rv_name(rv));
 	return rv;
 }
 
@@ -1236,8 +1206,8 @@ CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key)
 	if (!attrs_get_ulong(key, CKA_VALUE_LEN, &len))
 		goto out;
 	rv = CKR_KEY_SIZE_RANGE;
-	if (mi->key_type == CKK_AES ? (len != 16 && len != 24 && len != 32) :
-				      (len < 1 || len > GENERIC_MAX_BYTES))
+	if (mi->key_type == CKK_AES ? (len != 16 && len != 24 && len != 32)
+				    : (len < 1 || len > GENERIC_MAX_BYTES))
 		goto out;
 	rv = CKR_HOST_MEMORY;
 	v = malloc(len);
@@ -1273,13 +1243,13 @@ struct crypto_op {
 	enum op_path path;
 	EVP_MD_CTX *mctx;   /* PATH_DIGEST, PATH_HASH_SIGN, PATH_MSG_SIGN */
 	EVP_PKEY_CTX *pctx; /* PATH_RAW_SIGN (owned) */
-	size_t out_len;     /* exact signature or digest length */
-	size_t ec_len;      /* ECDSA: bytes of r and of s; 0 otherwise */
-	size_t in_max;      /* buffering paths: most input accepted */
+	size_t out_len;	    /* exact signature or digest length */
+	size_t ec_len;	    /* ECDSA: bytes of r and of s; 0 otherwise */
+	size_t in_max;	    /* buffering paths: most input accepted */
 	size_t in_exact;    /* raw PSS: the input is a hash of exactly this size */
-	bool started;       /* update has been called */
-	bool done;          /* the signature, digest or verdict was produced */
-	CK_BYTE *buf;       /* buffered input, wiped on free */
+	bool started;	    /* update has been called */
+	bool done;	    /* the signature, digest or verdict was produced */
+	CK_BYTE *buf;	    /* buffered input, wiped on free */
 	size_t buf_len;
 	size_t buf_cap;
 };
@@ -1318,8 +1288,7 @@ static bool key_fits(const struct mech_info *mi, EVP_PKEY *key)
 /* PSS padding on a context (sign or verify, raw or hash-and-sign).  The
  * salt must leave room in the encoded message: emLen >= hLen + sLen + 2
  * (RFC 8017 9.1.1), which only the key can tell. */
-static CK_RV pss_setup(EVP_PKEY_CTX *pctx, const CK_MECHANISM *m, EVP_PKEY *key, bool raw,
-		       size_t *hash_len)
+static CK_RV pss_setup(EVP_PKEY_CTX *pctx, const CK_MECHANISM *m, EVP_PKEY *key, bool raw, size_t *hash_len)
 {
 	CK_RV rv = CKR_MECHANISM_PARAM_INVALID;
 	const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
@@ -1345,8 +1314,8 @@ out:
 	return rv;
 }
 
-CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PKEY *key,
-		       bool sign, struct crypto_op **out)
+CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PKEY *key, bool sign,
+		       struct crypto_op **out)
 {
 	CK_RV rv = CKR_ARGUMENTS_BAD;
 	struct crypto_op *op = NULL;
@@ -1375,6 +1344,11 @@ CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PK
 	if (mi->key_type == CKK_EC) {
 		op->ec_len = ((size_t)EVP_PKEY_get_bits(key) + 7) / 8;
 		op->out_len = 2 * op->ec_len;
+		/* Our r||s <-> DER buffers are sized for P-521 at most, and
+		 * crypto_load_pkey makes nothing bigger. */
+		rv = CKR_KEY_SIZE_RANGE;
+		if (op->ec_len == 0 || op->ec_len > 66)
+			goto out;
 	} else {
 		/* RSA: modulus bytes; EdDSA: 64 or 114 */
 		op->out_len = (size_t)EVP_PKEY_get_size(key);
@@ -1390,8 +1364,8 @@ CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PK
 		op->mctx = EVP_MD_CTX_new();
 		if (!op->mctx)
 			goto out;
-		r = sign ? EVP_DigestSignInit(op->mctx, &pctx, md, NULL, key) :
-			   EVP_DigestVerifyInit(op->mctx, &pctx, md, NULL, key);
+		r = sign ? EVP_DigestSignInit(op->mctx, &pctx, md, NULL, key)
+			 : EVP_DigestVerifyInit(op->mctx, &pctx, md, NULL, key);
 		if (r <= 0) {
 			rv = ossl_fail("EVP_DigestSignInit");
 			goto out;
@@ -1402,8 +1376,8 @@ CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PK
 		op->mctx = EVP_MD_CTX_new();
 		if (!op->mctx)
 			goto out;
-		r = sign ? EVP_DigestSignInit(op->mctx, NULL, NULL, NULL, key) :
-			   EVP_DigestVerifyInit(op->mctx, NULL, NULL, NULL, key);
+		r = sign ? EVP_DigestSignInit(op->mctx, NULL, NULL, NULL, key)
+			 : EVP_DigestVerifyInit(op->mctx, NULL, NULL, NULL, key);
 		if (r <= 0) {
 			rv = ossl_fail("EVP_DigestSignInit");
 			goto out;
@@ -1420,26 +1394,19 @@ CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PK
 			goto out;
 		}
 		/* Raw PKCS#1 v1.5 pads what it is given: at most k - 11 bytes. */
-		if (mi->type == CKM_RSA_PKCS) {
-			if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) <= 0) {
-				rv = ossl_fail("RSA padding");
-				goto out;
-			}
+		if (mi->type == CKM_RSA_PKCS)
 			op->in_max = op->out_len > 11 ? op->out_len - 11 : 0;
-		}
 	}
 
+	/* PKCS#1 v1.5 is OpenSSL's default padding for RSA keys (key_fits
+	 * admits no RSA-PSS-only keys), so only PSS needs setting up: one
+	 * provider round trip less per signature. */
 	if (is_pss(mi->type)) {
 		rv = pss_setup(pctx, m, key, op->path == PATH_RAW_SIGN, &h_len);
 		if (rv != CKR_OK)
 			goto out;
 		if (op->path == PATH_RAW_SIGN)
 			op->in_max = op->in_exact = h_len;
-	} else if (mi->key_type == CKK_RSA && op->path == PATH_HASH_SIGN) {
-		if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) <= 0) {
-			rv = ossl_fail("RSA padding");
-			goto out;
-		}
 	}
 	/* Without this flag EVP_DigestSignFinal signs a copy of the whole
 	 * context, to allow more updates afterwards, which we never do. */
@@ -1550,8 +1517,8 @@ CK_RV crypto_op_update(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len)
 		r = EVP_DigestUpdate(op->mctx, data, len);
 		break;
 	case PATH_HASH_SIGN:
-		r = op->kind == OP_SIGN ? EVP_DigestSignUpdate(op->mctx, data, len) :
-					  EVP_DigestVerifyUpdate(op->mctx, data, len);
+		r = op->kind == OP_SIGN ? EVP_DigestSignUpdate(op->mctx, data, len)
+					: EVP_DigestVerifyUpdate(op->mctx, data, len);
 		break;
 	case PATH_MSG_SIGN:
 	case PATH_RAW_SIGN:
@@ -1661,8 +1628,8 @@ static CK_RV op_produce(struct crypto_op *op, const CK_BYTE *data, size_t len, C
 		    EVP_DigestFinal_ex(op->mctx, out, &md_len);
 		break;
 	case PATH_HASH_SIGN:
-		r = data ? EVP_DigestSign(op->mctx, sig, &sig_len, data, len) :
-			   EVP_DigestSignFinal(op->mctx, sig, &sig_len);
+		r = data ? EVP_DigestSign(op->mctx, sig, &sig_len, data, len)
+			 : EVP_DigestSignFinal(op->mctx, sig, &sig_len);
 		break;
 	case PATH_MSG_SIGN:
 		r = EVP_DigestSign(op->mctx, sig, &sig_len, data, len);
@@ -1687,22 +1654,27 @@ out:
 	return rv;
 }
 
-/* Shared front of final and oneshot: a length query or a short buffer
- * leaves the operation as it was. */
-static CK_RV op_out_ready(const struct crypto_op *op, CK_BYTE *out, CK_ULONG *out_len,
-			  bool *query)
+/* Shared front of final and oneshot.  *out_len is in/out as in C_Sign: the
+ * room in out, then the length written.  A length query (*query set) or a
+ * short buffer leaves the operation as it was. */
+static CK_RV op_out_ready(const struct crypto_op *op, CK_BYTE *out, CK_ULONG *out_len, bool *query)
 {
+	CK_RV rv = CKR_ARGUMENTS_BAD;
+
 	*query = false;
 	if (!out_len)
-		return CKR_ARGUMENTS_BAD;
+		goto out;
+	rv = CKR_OPERATION_NOT_INITIALIZED;
 	if (op->kind == OP_VERIFY || op->done)
-		return CKR_OPERATION_NOT_INITIALIZED;
+		goto out;
+	rv = CKR_OK;
 	if (!out || *out_len < op->out_len) {
 		*query = !out;
 		*out_len = op->out_len;
-		return out ? CKR_BUFFER_TOO_SMALL : CKR_OK;
+		rv = out ? CKR_BUFFER_TOO_SMALL : CKR_OK;
 	}
-	return CKR_OK;
+out:
+	return rv;
 }
 
 CK_RV crypto_op_final(struct crypto_op *op, CK_BYTE *out, CK_ULONG *out_len)
@@ -1751,8 +1723,8 @@ out:
 	return rv;
 }
 
-CK_RV crypto_op_verify(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len,
-		       const CK_BYTE *sig, CK_ULONG sig_len)
+CK_RV crypto_op_verify(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len, const CK_BYTE *sig,
+		       CK_ULONG sig_len)
 {
 	CK_RV rv = CKR_OPERATION_NOT_INITIALIZED;
 	CK_BYTE der[ECDSA_DER_MAX];
@@ -1790,8 +1762,8 @@ CK_RV crypto_op_verify(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len,
 	}
 	switch (op->path) {
 	case PATH_HASH_SIGN:
-		r = data ? EVP_DigestVerify(op->mctx, s, s_len, data, len) :
-			   EVP_DigestVerifyFinal(op->mctx, s, s_len);
+		r = data ? EVP_DigestVerify(op->mctx, s, s_len, data, len)
+			 : EVP_DigestVerifyFinal(op->mctx, s, s_len);
 		break;
 	case PATH_MSG_SIGN:
 		r = EVP_DigestVerify(op->mctx, s, s_len, data, len);
@@ -1814,8 +1786,8 @@ out:
 /* Key wrap */
 
 /* The AES key value of a wrapping or unwrapping key and the cipher for it. */
-static CK_RV wrap_setup(const CK_MECHANISM *m, const struct attrs *key, bool wrap,
-			const EVP_CIPHER **cipher, const CK_BYTE **kek, const CK_BYTE **iv)
+static CK_RV wrap_setup(const CK_MECHANISM *m, const struct attrs *key, bool wrap, const EVP_CIPHER **cipher,
+			const CK_BYTE **kek, const CK_BYTE **iv)
 {
 	CK_RV rv;
 	const struct mech_info *mi;
@@ -1875,8 +1847,8 @@ out:
 	return rv;
 }
 
-CK_RV crypto_wrap(const CK_MECHANISM *m, const struct attrs *wrapping_key, const CK_BYTE *in,
-		  CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
+CK_RV crypto_wrap(const CK_MECHANISM *m, const struct attrs *wrapping_key, const CK_BYTE *in, CK_ULONG in_len,
+		  CK_BYTE *out, CK_ULONG *out_len)
 {
 	CK_RV rv;
 	const EVP_CIPHER *cipher;

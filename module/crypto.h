@@ -71,7 +71,11 @@ CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key);
  * CKR_KEY_SIZE_RANGE, CKR_CURVE_NOT_SUPPORTED. */
 CK_RV crypto_check_key(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, struct attrs *a);
 
-/* Build the EVP_PKEY for a public or private key object (caller frees). */
+/* Build the EVP_PKEY for a public or private key object (caller frees).
+ * CKR_KEY_TYPE_INCONSISTENT for a key type not handled, CKR_FUNCTION_FAILED
+ * for damaged material.  Import policy: RSA public keys 1024..16384 bits,
+ * private 2048..16384 and with CKA_PUBLIC_EXPONENT (OpenSSL blinds with
+ * it); EC private keys load with their derived public point. */
 CK_RV crypto_load_pkey(CK_OBJECT_CLASS cls, const struct attrs *a, EVP_PKEY **out);
 
 /* Size in bits of a key object (RSA modulus, EC order, 8*AES length), 0 if unknown. */
@@ -84,6 +88,7 @@ CK_ULONG crypto_key_bits(CK_OBJECT_CLASS cls, const struct attrs *a);
  */
 struct crypto_op;
 
+/* The op takes its own reference to `key`. */
 CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PKEY *key,
 		       bool sign, struct crypto_op **out);
 CK_RV crypto_digest_init(const struct mech_info *mi, struct crypto_op **out);
@@ -94,8 +99,10 @@ void crypto_op_free(struct crypto_op *op);
 size_t crypto_op_out_len(const struct crypto_op *op);
 
 CK_RV crypto_op_update(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len);
-/* Sign (or digest) everything given so far; `out` holds crypto_op_out_len
- * bytes; *out_len receives the real length. */
+/* Sign (or digest) everything given so far.  *out_len is in/out: the room
+ * in `out` on entry (a short one is CKR_BUFFER_TOO_SMALL and the op lives
+ * on), the real length on return.  Once an op has finished, or for the
+ * wrong kind of op, CKR_OPERATION_NOT_INITIALIZED. */
 CK_RV crypto_op_final(struct crypto_op *op, CK_BYTE *out, CK_ULONG *out_len);
 /* Single-part in one go: equals update + final, without copying for
  * streaming mechanisms.  Same contract for out. */

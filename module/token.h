@@ -67,10 +67,17 @@ struct token_ops {
 	/* C_SetPIN for `who`: the old PIN is verified like a login. */
 	CK_RV (*set_pin)(struct token_store *t, CK_USER_TYPE who, const CK_UTF8CHAR *old_pin,
 			 CK_ULONG old_len, const CK_UTF8CHAR *new_pin, CK_ULONG new_len);
-	/* True when another process committed a change since the last
-	 * `load` or `changed` call on this store. */
+	/* True when another process committed a change of content (objects,
+	 * PINs, re-initialisation) since the last `load` or `changed` call.
+	 * Other processes' PIN counter updates do not count: `state` always
+	 * reads them fresh, and counting them would make every login anywhere
+	 * reload every process's objects. */
 	bool (*changed)(struct token_store *t);
-	/* Every object.  Private objects only when key != NULL. */
+	/* Every object.  Private objects only when key != NULL.  The callback
+	 * runs inside a read transaction and must not call into the store.  A
+	 * key from before another process re-initialised the token opens
+	 * nothing (public objects only) and cannot write
+	 * (CKR_USER_NOT_LOGGED_IN). */
 	CK_RV (*load)(struct token_store *t, const struct token_key *key, token_object_cb cb,
 		      void *ctx);
 	CK_RV (*object_add)(struct token_store *t, const struct token_key *key,

@@ -25,12 +25,12 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#define assert_rv(got, want)                                                                       \
-	do {                                                                                       \
-		CK_RV got_ = (got), want_ = (want);                                                \
-		if (got_ != want_)                                                                 \
-			fail_msg("%s: got %s (0x%lx), want %s", #got, kt_rv_name(got_), got_,     \
-				 kt_rv_name(want_));                                               \
+#define assert_rv(got, want)                                                                                 \
+	do {                                                                                                 \
+		CK_RV got_ = (got), want_ = (want);                                                          \
+		if (got_ != want_)                                                                           \
+			fail_msg("%s: got %s (0x%lx), want %s", #got, kt_rv_name(got_), got_,                \
+				 kt_rv_name(want_));                                                         \
 	} while (0)
 
 #define DER(s) (const CK_BYTE *)(s), sizeof(s) - 1
@@ -47,12 +47,13 @@ static const CK_BYTE oid_p384[] = "\x06\x05\x2b\x81\x04\x00\x22";
 static const CK_BYTE oid_p521[] = "\x06\x05\x2b\x81\x04\x00\x23";
 static const CK_BYTE oid_ed25519[] = "\x06\x03\x2b\x65\x70";
 static const CK_BYTE oid_ed448[] = "\x06\x03\x2b\x65\x71";
-static const CK_BYTE name_ed25519[] = "\x13\x0c" "edwards25519";
+static const CK_BYTE name_ed25519[] = "\x13\x0c"
+				      "edwards25519";
 static const CK_BYTE oid_secp256k1[] = "\x06\x05\x2b\x81\x04\x00\x0a";
 
 /* DigestInfo prefix of SHA-256 (RFC 8017 9.2 note 1) */
-static const CK_BYTE di_sha256[] = { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-				     0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 };
+static const CK_BYTE di_sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+				    0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
 
 struct kp {
 	struct attrs *pub;
@@ -87,10 +88,10 @@ static void copy_attr(struct attrs *dst, const struct attrs *src, CK_ATTRIBUTE_T
 	set(dst, t, at->pValue, at->ulValueLen);
 }
 
-static void gen_pair(struct kp *k, CK_MECHANISM_TYPE mech, const CK_BYTE *ecp, size_t ecp_len,
-		     CK_ULONG bits, CK_ULONG sig_len)
+static void gen_pair(struct kp *k, CK_MECHANISM_TYPE mech, const CK_BYTE *ecp, size_t ecp_len, CK_ULONG bits,
+		     CK_ULONG sig_len)
 {
-	CK_MECHANISM m = { mech, NULL, 0 };
+	CK_MECHANISM m = {mech, NULL, 0};
 
 	k->pub = attrs_new();
 	k->priv = attrs_new();
@@ -143,8 +144,8 @@ static int group_teardown(void **state)
 }
 
 /* Sign in one go (chunks == 0) or in that many updates plus final. */
-static CK_RV sign_with(EVP_PKEY *key, const CK_MECHANISM *m, const CK_BYTE *data, size_t len,
-		       CK_BYTE *sig, CK_ULONG *sig_len, size_t chunks)
+static CK_RV sign_with(EVP_PKEY *key, const CK_MECHANISM *m, const CK_BYTE *data, size_t len, CK_BYTE *sig,
+		       CK_ULONG *sig_len, size_t chunks)
 {
 	const struct mech_info *mi;
 	struct crypto_op *op = NULL;
@@ -232,8 +233,7 @@ static void test_mech_table(void **state)
 		assert_int_equal(!!(mi->flags & CKF_VERIFY), !!(mi->ops & MECH_VERIFY));
 		assert_int_equal(!!(mi->flags & CKF_DIGEST), !!(mi->ops & MECH_DIGEST));
 		assert_int_equal(!!(mi->flags & CKF_GENERATE), !!(mi->ops & MECH_GENERATE));
-		assert_int_equal(!!(mi->flags & CKF_GENERATE_KEY_PAIR),
-				 !!(mi->ops & MECH_GENERATE_PAIR));
+		assert_int_equal(!!(mi->flags & CKF_GENERATE_KEY_PAIR), !!(mi->ops & MECH_GENERATE_PAIR));
 		assert_int_equal(!!(mi->flags & CKF_WRAP), !!(mi->ops & MECH_WRAP));
 		assert_int_equal(!!(mi->flags & CKF_UNWRAP), !!(mi->ops & MECH_UNWRAP));
 		assert_false(mi->flags & (CKF_ENCRYPT | CKF_DECRYPT | CKF_DERIVE));
@@ -260,46 +260,46 @@ static void test_mech_lookup(void **state)
 {
 	(void)state;
 	const struct mech_info *mi = NULL;
-	CK_BYTE junk[64] = { 0 };
-	CK_RSA_PKCS_PSS_PARAMS pss = { CKM_SHA256, CKG_MGF1_SHA256, 32 };
-	struct eddsa_params ed = { CK_FALSE, 0, NULL };
-	CK_BYTE ctx[3] = { 1, 2, 3 };
-	CK_BYTE iv8[8] = { 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6 };
+	CK_BYTE junk[64] = {0};
+	CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+	struct eddsa_params ed = {CK_FALSE, 0, NULL};
+	CK_BYTE ctx[3] = {1, 2, 3};
+	CK_BYTE iv8[8] = {0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6};
 	static const struct {
 		CK_MECHANISM_TYPE type;
 		enum mech_op op;
 		CK_ULONG len; /* of junk, 0: no parameter */
 		CK_RV want;
 	} cases[] = {
-		{ CKM_SHA256_RSA_PKCS, MECH_SIGN, 0, CKR_OK },
-		{ CKM_SHA256_RSA_PKCS, MECH_VERIFY, 0, CKR_OK },
-		{ CKM_SHA256_RSA_PKCS, MECH_DIGEST, 0, CKR_MECHANISM_INVALID },
-		{ CKM_SHA256, MECH_SIGN, 0, CKR_MECHANISM_INVALID },
-		{ CKM_SHA256, MECH_DIGEST, 0, CKR_OK },
-		{ CKM_MD5, MECH_DIGEST, 0, CKR_MECHANISM_INVALID },
-		{ CKM_VENDOR_DEFINED, MECH_SIGN, 0, CKR_MECHANISM_INVALID },
-		{ CKM_AES_KEY_GEN, MECH_GENERATE, 0, CKR_OK },
-		{ CKM_AES_KEY_GEN, MECH_GENERATE_PAIR, 0, CKR_MECHANISM_INVALID },
-		{ CKM_AES_KEY_WRAP, MECH_WRAP, 0, CKR_OK },
-		{ CKM_AES_KEY_WRAP, MECH_SIGN, 0, CKR_MECHANISM_INVALID },
-		/* a parameter where none belongs */
-		{ CKM_SHA256_RSA_PKCS, MECH_SIGN, 8, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_RSA_PKCS, MECH_SIGN, 1, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_ECDSA, MECH_SIGN, 16, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_SHA256, MECH_DIGEST, 4, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, MECH_GENERATE_PAIR, 10, CKR_MECHANISM_PARAM_INVALID },
-		/* PSS without or with a malformed parameter */
-		{ CKM_RSA_PKCS_PSS, MECH_SIGN, 0, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_SHA256_RSA_PKCS_PSS, MECH_SIGN, 0, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_RSA_PKCS_PSS, MECH_SIGN, 7, CKR_MECHANISM_PARAM_INVALID },
-		/* EdDSA: junk of the wrong size */
-		{ CKM_EDDSA, MECH_SIGN, 5, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_AES_KEY_WRAP, MECH_WRAP, 7, CKR_MECHANISM_PARAM_INVALID },
-		{ CKM_AES_KEY_WRAP_PAD, MECH_WRAP, 8, CKR_MECHANISM_PARAM_INVALID },
+	    {CKM_SHA256_RSA_PKCS, MECH_SIGN, 0, CKR_OK},
+	    {CKM_SHA256_RSA_PKCS, MECH_VERIFY, 0, CKR_OK},
+	    {CKM_SHA256_RSA_PKCS, MECH_DIGEST, 0, CKR_MECHANISM_INVALID},
+	    {CKM_SHA256, MECH_SIGN, 0, CKR_MECHANISM_INVALID},
+	    {CKM_SHA256, MECH_DIGEST, 0, CKR_OK},
+	    {CKM_MD5, MECH_DIGEST, 0, CKR_MECHANISM_INVALID},
+	    {CKM_VENDOR_DEFINED, MECH_SIGN, 0, CKR_MECHANISM_INVALID},
+	    {CKM_AES_KEY_GEN, MECH_GENERATE, 0, CKR_OK},
+	    {CKM_AES_KEY_GEN, MECH_GENERATE_PAIR, 0, CKR_MECHANISM_INVALID},
+	    {CKM_AES_KEY_WRAP, MECH_WRAP, 0, CKR_OK},
+	    {CKM_AES_KEY_WRAP, MECH_SIGN, 0, CKR_MECHANISM_INVALID},
+	    /* a parameter where none belongs */
+	    {CKM_SHA256_RSA_PKCS, MECH_SIGN, 8, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_RSA_PKCS, MECH_SIGN, 1, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_ECDSA, MECH_SIGN, 16, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_SHA256, MECH_DIGEST, 4, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, MECH_GENERATE_PAIR, 10, CKR_MECHANISM_PARAM_INVALID},
+	    /* PSS without or with a malformed parameter */
+	    {CKM_RSA_PKCS_PSS, MECH_SIGN, 0, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_SHA256_RSA_PKCS_PSS, MECH_SIGN, 0, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_RSA_PKCS_PSS, MECH_SIGN, 7, CKR_MECHANISM_PARAM_INVALID},
+	    /* EdDSA: junk of the wrong size */
+	    {CKM_EDDSA, MECH_SIGN, 5, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_AES_KEY_WRAP, MECH_WRAP, 7, CKR_MECHANISM_PARAM_INVALID},
+	    {CKM_AES_KEY_WRAP_PAD, MECH_WRAP, 8, CKR_MECHANISM_PARAM_INVALID},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		CK_MECHANISM m = { cases[i].type, cases[i].len ? junk : NULL, cases[i].len };
+		CK_MECHANISM m = {cases[i].type, cases[i].len ? junk : NULL, cases[i].len};
 		mi = NULL;
 		assert_rv(mech_lookup(&m, cases[i].op, &mi), cases[i].want);
 		if (cases[i].want == CKR_OK)
@@ -308,14 +308,14 @@ static void test_mech_lookup(void **state)
 	assert_rv(mech_lookup(NULL, MECH_SIGN, &mi), CKR_ARGUMENTS_BAD);
 
 	/* A non-NULL pointer with length 0 is "no parameter". */
-	CK_MECHANISM m0 = { CKM_SHA256_RSA_PKCS, junk, 0 };
+	CK_MECHANISM m0 = {CKM_SHA256_RSA_PKCS, junk, 0};
 	assert_rv(mech_lookup(&m0, MECH_SIGN, &mi), CKR_OK);
 	/* A length without a pointer is not a parameter either. */
-	CK_MECHANISM mnull = { CKM_RSA_PKCS_PSS, NULL, sizeof(pss) };
+	CK_MECHANISM mnull = {CKM_RSA_PKCS_PSS, NULL, sizeof(pss)};
 	assert_rv(mech_lookup(&mnull, MECH_SIGN, &mi), CKR_MECHANISM_PARAM_INVALID);
 
 	/* PSS */
-	CK_MECHANISM mp = { CKM_RSA_PKCS_PSS, &pss, sizeof(pss) };
+	CK_MECHANISM mp = {CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
 	assert_rv(mech_lookup(&mp, MECH_SIGN, &mi), CKR_OK);
 	pss.hashAlg = CKM_SHA_1;
 	pss.mgf = CKG_MGF1_SHA1;
@@ -341,8 +341,8 @@ static void test_mech_lookup(void **state)
 	assert_rv(mech_lookup(&mp, MECH_SIGN, &mi), CKR_MECHANISM_PARAM_INVALID);
 
 	/* SHAx_RSA_PKCS_PSS: hashAlg must be the mechanism's own hash */
-	CK_RSA_PKCS_PSS_PARAMS pss2 = { CKM_SHA384, CKG_MGF1_SHA384, 48 };
-	CK_MECHANISM mh = { CKM_SHA384_RSA_PKCS_PSS, &pss2, sizeof(pss2) };
+	CK_RSA_PKCS_PSS_PARAMS pss2 = {CKM_SHA384, CKG_MGF1_SHA384, 48};
+	CK_MECHANISM mh = {CKM_SHA384_RSA_PKCS_PSS, &pss2, sizeof(pss2)};
 	assert_rv(mech_lookup(&mh, MECH_SIGN, &mi), CKR_OK);
 	mh.mechanism = CKM_SHA256_RSA_PKCS_PSS;
 	assert_rv(mech_lookup(&mh, MECH_SIGN, &mi), CKR_MECHANISM_PARAM_INVALID);
@@ -352,7 +352,7 @@ static void test_mech_lookup(void **state)
 	assert_rv(mech_lookup(&mh, MECH_VERIFY, &mi), CKR_OK);
 
 	/* EdDSA: pure only */
-	CK_MECHANISM me = { CKM_EDDSA, &ed, sizeof(ed) };
+	CK_MECHANISM me = {CKM_EDDSA, &ed, sizeof(ed)};
 	assert_rv(mech_lookup(&me, MECH_SIGN, &mi), CKR_OK);
 	ed.phFlag = CK_TRUE;
 	assert_rv(mech_lookup(&me, MECH_SIGN, &mi), CKR_MECHANISM_PARAM_INVALID);
@@ -365,7 +365,7 @@ static void test_mech_lookup(void **state)
 	assert_rv(mech_lookup(&me, MECH_VERIFY, &mi), CKR_OK);
 
 	/* AES key wrap: an optional IV of the right size */
-	CK_MECHANISM mw = { CKM_AES_KEY_WRAP, iv8, 8 };
+	CK_MECHANISM mw = {CKM_AES_KEY_WRAP, iv8, 8};
 	assert_rv(mech_lookup(&mw, MECH_WRAP, &mi), CKR_OK);
 	mw.mechanism = CKM_AES_KEY_WRAP_PAD;
 	mw.ulParameterLen = 4;
@@ -377,7 +377,7 @@ static void test_mech_lookup(void **state)
 
 static CK_RV try_gen(CK_MECHANISM_TYPE mech, struct attrs *pub, struct attrs *priv)
 {
-	CK_MECHANISM m = { mech, NULL, 0 };
+	CK_MECHANISM m = {mech, NULL, 0};
 	return crypto_generate_key_pair(&m, pub, priv);
 }
 
@@ -389,9 +389,8 @@ static void test_generate_rsa(void **state)
 	EVP_PKEY *parsed;
 	const unsigned char *p;
 	static const CK_ATTRIBUTE_TYPE priv_parts[] = {
-		CKA_MODULUS,	 CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT, CKA_PRIME_1,
-		CKA_PRIME_2,	 CKA_EXPONENT_1,      CKA_EXPONENT_2,	    CKA_COEFFICIENT,
-		CKA_PUBLIC_KEY_INFO,
+	    CKA_MODULUS,    CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT, CKA_PRIME_1,	    CKA_PRIME_2,
+	    CKA_EXPONENT_1, CKA_EXPONENT_2,	 CKA_COEFFICIENT,      CKA_PUBLIC_KEY_INFO,
 	};
 
 	n = attrs_get(rsa.pub, CKA_MODULUS);
@@ -438,20 +437,20 @@ static void test_generate_rsa_errors(void **state)
 	static const struct {
 		CK_ULONG bits;
 		CK_RV want;
-	} sizes[] = { { 0, CKR_KEY_SIZE_RANGE },    { 512, CKR_KEY_SIZE_RANGE },
-		      { 1024, CKR_KEY_SIZE_RANGE }, { 2047, CKR_KEY_SIZE_RANGE },
-		      { 4097, CKR_KEY_SIZE_RANGE }, { 8192, CKR_KEY_SIZE_RANGE },
-		      { (CK_ULONG)-1, CKR_KEY_SIZE_RANGE } };
+	} sizes[] = {{0, CKR_KEY_SIZE_RANGE},		{512, CKR_KEY_SIZE_RANGE},
+		     {1024, CKR_KEY_SIZE_RANGE},	{2047, CKR_KEY_SIZE_RANGE},
+		     {4097, CKR_KEY_SIZE_RANGE},	{8192, CKR_KEY_SIZE_RANGE},
+		     {(CK_ULONG)-1, CKR_KEY_SIZE_RANGE}};
 	static const struct {
 		const char *e;
 		size_t len;
 		CK_RV want;
 	} exps[] = {
-		{ "\x01\x00\x00", 3, CKR_ATTRIBUTE_VALUE_INVALID },	    /* even */
-		{ "\x01", 1, CKR_ATTRIBUTE_VALUE_INVALID },		    /* 1 */
-		{ "\x00\x00", 2, CKR_ATTRIBUTE_VALUE_INVALID },	    /* 0 */
-		{ "", 0, CKR_ATTRIBUTE_VALUE_INVALID },		    /* empty */
-		{ "\x01\x01\x01\x01\x01\x01\x01\x01\x01", 9, CKR_ATTRIBUTE_VALUE_INVALID }, /* huge */
+	    {"\x01\x00\x00", 3, CKR_ATTRIBUTE_VALUE_INVALID},			      /* even */
+	    {"\x01", 1, CKR_ATTRIBUTE_VALUE_INVALID},				      /* 1 */
+	    {"\x00\x00", 2, CKR_ATTRIBUTE_VALUE_INVALID},			      /* 0 */
+	    {"", 0, CKR_ATTRIBUTE_VALUE_INVALID},				      /* empty */
+	    {"\x01\x01\x01\x01\x01\x01\x01\x01\x01", 9, CKR_ATTRIBUTE_VALUE_INVALID}, /* huge */
 	};
 
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
@@ -485,14 +484,14 @@ static void test_generate_rsa_errors(void **state)
 	assert_rv(try_gen(CKM_RSA_PKCS, pub, priv), CKR_MECHANISM_INVALID);
 	assert_rv(try_gen(CKM_AES_KEY_GEN, pub, priv), CKR_MECHANISM_INVALID);
 	/* a parameter the mechanism does not take */
-	CK_MECHANISM m = { CKM_RSA_PKCS_KEY_PAIR_GEN, pub, 4 };
+	CK_MECHANISM m = {CKM_RSA_PKCS_KEY_PAIR_GEN, pub, 4};
 	assert_rv(crypto_generate_key_pair(&m, pub, priv), CKR_MECHANISM_PARAM_INVALID);
 	attrs_free(pub);
 	attrs_free(priv);
 }
 
-static void check_ec_pair(const struct kp *k, const CK_BYTE *point_hdr, size_t hdr_len,
-			  size_t point_len, size_t value_len, CK_ULONG bits)
+static void check_ec_pair(const struct kp *k, const CK_BYTE *point_hdr, size_t hdr_len, size_t point_len,
+			  size_t value_len, CK_ULONG bits)
 {
 	const CK_ATTRIBUTE *pt = attrs_get(k->pub, CKA_EC_POINT);
 	const CK_ATTRIBUTE *v = attrs_get(k->priv, CKA_VALUE);
@@ -513,10 +512,7 @@ static void check_ec_pair(const struct kp *k, const CK_BYTE *point_hdr, size_t h
 	parsed = d2i_PUBKEY(NULL, &p, (long)spki->ulValueLen);
 	assert_non_null(parsed);
 	assert_int_equal(EVP_PKEY_eq(parsed, k->kpub), 1);
-	/* an EC private key is loaded from its scalar alone (signing needs
-	 * nothing more); EdDSA derives the public half anyway */
-	if (point_len == 32 || point_len == 57)
-		assert_int_equal(EVP_PKEY_eq(parsed, k->kpriv), 1);
+	assert_int_equal(EVP_PKEY_eq(parsed, k->kpriv), 1);
 	EVP_PKEY_free(parsed);
 	assert_int_equal(crypto_key_bits(CKO_PUBLIC_KEY, k->pub), bits);
 	assert_int_equal(crypto_key_bits(CKO_PRIVATE_KEY, k->priv), bits);
@@ -532,11 +528,10 @@ static void test_generate_ec(void **state)
 	check_ec_pair(&ed448, (const CK_BYTE *)"\x04\x39", 2, 57, 57, 448);
 
 	/* the printable curve name works as well as the OID */
-	struct kp k = { 0 };
+	struct kp k = {0};
 	gen_pair(&k, CKM_EC_EDWARDS_KEY_PAIR_GEN, DER(name_ed25519), 0, 64);
 	check_ec_pair(&k, (const CK_BYTE *)"\x04\x20", 2, 32, 32, 255);
-	assert_memory_equal(attrs_get(k.priv, CKA_EC_PARAMS)->pValue, name_ed25519,
-			    sizeof(name_ed25519) - 1);
+	assert_memory_equal(attrs_get(k.priv, CKA_EC_PARAMS)->pValue, name_ed25519, sizeof(name_ed25519) - 1);
 	free_pair(&k);
 }
 
@@ -549,28 +544,26 @@ static void test_generate_ec_errors(void **state)
 		size_t len;
 		CK_RV want;
 	} cases[] = {
-		{ CKM_EC_KEY_PAIR_GEN, DER(oid_secp256k1), CKR_CURVE_NOT_SUPPORTED },
-		{ CKM_EC_KEY_PAIR_GEN, DER(oid_ed25519), CKR_CURVE_NOT_SUPPORTED },
-		{ CKM_EC_KEY_PAIR_GEN, DER(name_ed25519), CKR_CURVE_NOT_SUPPORTED },
-		{ CKM_EC_EDWARDS_KEY_PAIR_GEN, DER(oid_p256), CKR_CURVE_NOT_SUPPORTED },
-		/* "prime256v1" as a PrintableString: well formed, not served */
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x13\x0aprime256v1"), CKR_CURVE_NOT_SUPPORTED },
-		/* explicit parameters, implicitlyCA */
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x30\x03\x02\x01\x01"), CKR_CURVE_NOT_SUPPORTED },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x05\x00"), CKR_CURVE_NOT_SUPPORTED },
-		/* malformed */
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x06\x08\x2a\x86\x48"), CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x06\x03\x2b\x65\xf0"), CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x06\x00"), CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x06"), CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x06\x84\xff\xff\xff\xff"), CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x06\x81\x05\x2b\x81\x04\x00\x22"),
-		  CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x05\x01\x00"), CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x04\x03\x2b\x65\x70"), CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER("\x06\x05\x2b\x81\x04\x00\x22\x00"),
-		  CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKM_EC_KEY_PAIR_GEN, DER(""), CKR_ATTRIBUTE_VALUE_INVALID },
+	    {CKM_EC_KEY_PAIR_GEN, DER(oid_secp256k1), CKR_CURVE_NOT_SUPPORTED},
+	    {CKM_EC_KEY_PAIR_GEN, DER(oid_ed25519), CKR_CURVE_NOT_SUPPORTED},
+	    {CKM_EC_KEY_PAIR_GEN, DER(name_ed25519), CKR_CURVE_NOT_SUPPORTED},
+	    {CKM_EC_EDWARDS_KEY_PAIR_GEN, DER(oid_p256), CKR_CURVE_NOT_SUPPORTED},
+	    /* "prime256v1" as a PrintableString: well formed, not served */
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x13\x0aprime256v1"), CKR_CURVE_NOT_SUPPORTED},
+	    /* explicit parameters, implicitlyCA */
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x30\x03\x02\x01\x01"), CKR_CURVE_NOT_SUPPORTED},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x05\x00"), CKR_CURVE_NOT_SUPPORTED},
+	    /* malformed */
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x06\x08\x2a\x86\x48"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x06\x03\x2b\x65\xf0"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x06\x00"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x06"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x06\x84\xff\xff\xff\xff"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x06\x81\x05\x2b\x81\x04\x00\x22"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x05\x01\x00"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x04\x03\x2b\x65\x70"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER("\x06\x05\x2b\x81\x04\x00\x22\x00"), CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKM_EC_KEY_PAIR_GEN, DER(""), CKR_ATTRIBUTE_VALUE_INVALID},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -607,22 +600,22 @@ static void test_generate_secret(void **state)
 		CK_ULONG len;
 		CK_RV want;
 	} cases[] = {
-		{ CKM_AES_KEY_GEN, 16, CKR_OK },
-		{ CKM_AES_KEY_GEN, 24, CKR_OK },
-		{ CKM_AES_KEY_GEN, 32, CKR_OK },
-		{ CKM_AES_KEY_GEN, 0, CKR_KEY_SIZE_RANGE },
-		{ CKM_AES_KEY_GEN, 15, CKR_KEY_SIZE_RANGE },
-		{ CKM_AES_KEY_GEN, 64, CKR_KEY_SIZE_RANGE },
-		{ CKM_GENERIC_SECRET_KEY_GEN, 1, CKR_OK },
-		{ CKM_GENERIC_SECRET_KEY_GEN, 512, CKR_OK },
-		{ CKM_GENERIC_SECRET_KEY_GEN, 0, CKR_KEY_SIZE_RANGE },
-		{ CKM_GENERIC_SECRET_KEY_GEN, 513, CKR_KEY_SIZE_RANGE },
-		{ CKM_GENERIC_SECRET_KEY_GEN, (CK_ULONG)-1, CKR_KEY_SIZE_RANGE },
+	    {CKM_AES_KEY_GEN, 16, CKR_OK},
+	    {CKM_AES_KEY_GEN, 24, CKR_OK},
+	    {CKM_AES_KEY_GEN, 32, CKR_OK},
+	    {CKM_AES_KEY_GEN, 0, CKR_KEY_SIZE_RANGE},
+	    {CKM_AES_KEY_GEN, 15, CKR_KEY_SIZE_RANGE},
+	    {CKM_AES_KEY_GEN, 64, CKR_KEY_SIZE_RANGE},
+	    {CKM_GENERIC_SECRET_KEY_GEN, 1, CKR_OK},
+	    {CKM_GENERIC_SECRET_KEY_GEN, 512, CKR_OK},
+	    {CKM_GENERIC_SECRET_KEY_GEN, 0, CKR_KEY_SIZE_RANGE},
+	    {CKM_GENERIC_SECRET_KEY_GEN, 513, CKR_KEY_SIZE_RANGE},
+	    {CKM_GENERIC_SECRET_KEY_GEN, (CK_ULONG)-1, CKR_KEY_SIZE_RANGE},
 	};
 	CK_BYTE first[32];
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		CK_MECHANISM m = { cases[i].mech, NULL, 0 };
+		CK_MECHANISM m = {cases[i].mech, NULL, 0};
 		struct attrs *k = attrs_new();
 		set_ulong(k, CKA_VALUE_LEN, cases[i].len);
 		assert_rv(crypto_generate_key(&m, k), cases[i].want);
@@ -630,8 +623,7 @@ static void test_generate_secret(void **state)
 			CK_ULONG kt = 0;
 			assert_int_equal(attrs_get(k, CKA_VALUE)->ulValueLen, cases[i].len);
 			assert_true(attrs_get_ulong(k, CKA_KEY_TYPE, &kt));
-			assert_int_equal(kt, cases[i].mech == CKM_AES_KEY_GEN ? CKK_AES :
-										 CKK_GENERIC_SECRET);
+			assert_int_equal(kt, cases[i].mech == CKM_AES_KEY_GEN ? CKK_AES : CKK_GENERIC_SECRET);
 			assert_int_equal(crypto_key_bits(CKO_SECRET_KEY, k), cases[i].len * 8);
 		} else {
 			assert_false(attrs_has(k, CKA_VALUE));
@@ -640,7 +632,7 @@ static void test_generate_secret(void **state)
 	}
 
 	/* two keys differ */
-	CK_MECHANISM m = { CKM_AES_KEY_GEN, NULL, 0 };
+	CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
 	for (int i = 0; i < 2; i++) {
 		struct attrs *k = attrs_new();
 		set_ulong(k, CKA_VALUE_LEN, 32);
@@ -691,9 +683,8 @@ static void round_trip(const struct mech_info *mi, const struct kp *k, const CK_
 	assert_rv(verify_with(k->kpub, m, data, len, sig2, sig2_len, 0), CKR_OK);
 	if (deterministic(mi->type))
 		assert_memory_equal(sig, sig2, sig_len);
-	/* an RSA or EdDSA private key verifies too (it holds the public half) */
-	if (mi->key_type != CKK_EC)
-		assert_rv(verify_with(k->kpriv, m, data, len, sig, sig_len, 0), CKR_OK);
+	/* the private key verifies too (it holds the public half) */
+	assert_rv(verify_with(k->kpriv, m, data, len, sig, sig_len, 0), CKR_OK);
 
 	/* a flipped bit anywhere */
 	memcpy(bad, sig, sig_len);
@@ -721,16 +712,16 @@ static void pss_params_for(CK_MECHANISM_TYPE type, CK_RSA_PKCS_PSS_PARAMS *p)
 {
 	switch (type) {
 	case CKM_SHA224_RSA_PKCS_PSS:
-		*p = (CK_RSA_PKCS_PSS_PARAMS){ CKM_SHA224, CKG_MGF1_SHA224, 28 };
+		*p = (CK_RSA_PKCS_PSS_PARAMS){CKM_SHA224, CKG_MGF1_SHA224, 28};
 		break;
 	case CKM_SHA384_RSA_PKCS_PSS:
-		*p = (CK_RSA_PKCS_PSS_PARAMS){ CKM_SHA384, CKG_MGF1_SHA384, 48 };
+		*p = (CK_RSA_PKCS_PSS_PARAMS){CKM_SHA384, CKG_MGF1_SHA384, 48};
 		break;
 	case CKM_SHA512_RSA_PKCS_PSS:
-		*p = (CK_RSA_PKCS_PSS_PARAMS){ CKM_SHA512, CKG_MGF1_SHA512, 64 };
+		*p = (CK_RSA_PKCS_PSS_PARAMS){CKM_SHA512, CKG_MGF1_SHA512, 64};
 		break;
 	default:
-		*p = (CK_RSA_PKCS_PSS_PARAMS){ CKM_SHA256, CKG_MGF1_SHA256, 32 };
+		*p = (CK_RSA_PKCS_PSS_PARAMS){CKM_SHA256, CKG_MGF1_SHA256, 32};
 		break;
 	}
 }
@@ -749,8 +740,8 @@ static void test_sign_verify_all(void **state)
 	for (size_t i = 0; i < mech_count(); i++) {
 		const struct mech_info *mi = mech_at(i);
 		CK_RSA_PKCS_PSS_PARAMS pss;
-		CK_MECHANISM m = { mi->type, NULL, 0 };
-		const struct kp *keys[3] = { NULL };
+		CK_MECHANISM m = {mi->type, NULL, 0};
+		const struct kp *keys[3] = {NULL};
 		const CK_BYTE *data = msg;
 		size_t len = sizeof(msg);
 
@@ -770,8 +761,7 @@ static void test_sign_verify_all(void **state)
 			keys[1] = &ed448;
 			break;
 		default:
-			fail_msg("signing mechanism 0x%lx with key type 0x%lx", mi->type,
-				 mi->key_type);
+			fail_msg("signing mechanism 0x%lx with key type 0x%lx", mi->type, mi->key_type);
 		}
 		/* only the PSS rows insist on a parameter */
 		if (mi->check_param(&m) != CKR_OK) {
@@ -799,18 +789,17 @@ static void test_sign_verify_all(void **state)
 static void test_sign_empty(void **state)
 {
 	(void)state;
-	CK_MECHANISM types[] = { { CKM_SHA256_RSA_PKCS, NULL, 0 },
-				 { CKM_ECDSA_SHA384, NULL, 0 },
-				 { CKM_EDDSA, NULL, 0 },
-				 { CKM_ECDSA, NULL, 0 } };
-	const struct kp *keys[] = { &rsa, &p384, &ed25519, &p256 };
+	CK_MECHANISM types[] = {{CKM_SHA256_RSA_PKCS, NULL, 0},
+				{CKM_ECDSA_SHA384, NULL, 0},
+				{CKM_EDDSA, NULL, 0},
+				{CKM_ECDSA, NULL, 0}};
+	const struct kp *keys[] = {&rsa, &p384, &ed25519, &p256};
 	CK_BYTE sig[600];
 
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		CK_ULONG sig_len = sizeof(sig);
 		assert_rv(sign_with(keys[i]->kpriv, &types[i], NULL, 0, sig, &sig_len, 0), CKR_OK);
-		assert_rv(verify_with(keys[i]->kpub, &types[i], (const CK_BYTE *)"", 0, sig, sig_len,
-				      0),
+		assert_rv(verify_with(keys[i]->kpub, &types[i], (const CK_BYTE *)"", 0, sig, sig_len, 0),
 			  CKR_OK);
 		assert_rv(verify_with(keys[i]->kpub, &types[i], NULL, 0, sig, sig_len, 1), CKR_OK);
 		assert_rv(verify_with(keys[i]->kpub, &types[i], msg, 1, sig, sig_len, 0),
@@ -826,17 +815,17 @@ static void test_raw_pss_hashes(void **state)
 		CK_RSA_PKCS_MGF_TYPE mgf;
 		const char *name;
 	} hs[] = {
-		{ CKM_SHA_1, CKG_MGF1_SHA1, "SHA1" },	      { CKM_SHA224, CKG_MGF1_SHA224, "SHA224" },
-		{ CKM_SHA256, CKG_MGF1_SHA256, "SHA256" }, { CKM_SHA384, CKG_MGF1_SHA384, "SHA384" },
-		{ CKM_SHA512, CKG_MGF1_SHA512, "SHA512" },
+	    {CKM_SHA_1, CKG_MGF1_SHA1, "SHA1"},	     {CKM_SHA224, CKG_MGF1_SHA224, "SHA224"},
+	    {CKM_SHA256, CKG_MGF1_SHA256, "SHA256"}, {CKM_SHA384, CKG_MGF1_SHA384, "SHA384"},
+	    {CKM_SHA512, CKG_MGF1_SHA512, "SHA512"},
 	};
 	CK_BYTE hash[64], sig[256];
 
 	for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) {
 		unsigned hlen;
 		CK_ULONG sig_len = sizeof(sig);
-		CK_RSA_PKCS_PSS_PARAMS pss = { hs[i].hash, hs[i].mgf, 0 };
-		CK_MECHANISM m = { CKM_RSA_PKCS_PSS, &pss, sizeof(pss) };
+		CK_RSA_PKCS_PSS_PARAMS pss = {hs[i].hash, hs[i].mgf, 0};
+		CK_MECHANISM m = {CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
 
 		sha(hs[i].name, msg, 100, hash, &hlen);
 		pss.sLen = hlen;
@@ -844,19 +833,15 @@ static void test_raw_pss_hashes(void **state)
 		assert_rv(verify_with(rsa.kpub, &m, hash, hlen, sig, sig_len, 0), CKR_OK);
 		/* the salt length is part of what is verified */
 		pss.sLen = hlen - 1;
-		assert_rv(verify_with(rsa.kpub, &m, hash, hlen, sig, sig_len, 0),
-			  CKR_SIGNATURE_INVALID);
+		assert_rv(verify_with(rsa.kpub, &m, hash, hlen, sig, sig_len, 0), CKR_SIGNATURE_INVALID);
 		pss.sLen = hlen;
 		/* the input must be a hash of exactly hashAlg's size */
 		sig_len = sizeof(sig);
-		assert_rv(sign_with(rsa.kpriv, &m, hash, hlen - 1, sig, &sig_len, 0),
-			  CKR_DATA_LEN_RANGE);
+		assert_rv(sign_with(rsa.kpriv, &m, hash, hlen - 1, sig, &sig_len, 0), CKR_DATA_LEN_RANGE);
 		sig_len = sizeof(sig);
-		assert_rv(sign_with(rsa.kpriv, &m, hash, hlen + 1, sig, &sig_len, 0),
-			  CKR_DATA_LEN_RANGE);
+		assert_rv(sign_with(rsa.kpriv, &m, hash, hlen + 1, sig, &sig_len, 0), CKR_DATA_LEN_RANGE);
 		sig_len = sizeof(sig);
-		assert_rv(sign_with(rsa.kpriv, &m, hash, hlen - 1, sig, &sig_len, 2),
-			  CKR_DATA_LEN_RANGE);
+		assert_rv(sign_with(rsa.kpriv, &m, hash, hlen - 1, sig, &sig_len, 2), CKR_DATA_LEN_RANGE);
 		assert_rv(verify_with(rsa.kpub, &m, hash, hlen - 1, sig, 256, 0), CKR_DATA_LEN_RANGE);
 		/* an MGF hash different from hashAlg */
 		pss.mgf = CKG_MGF1_SHA1;
@@ -871,18 +856,18 @@ static void test_sign_init_errors(void **state)
 	(void)state;
 	const struct mech_info *mi;
 	struct crypto_op *op = NULL;
-	CK_RSA_PKCS_PSS_PARAMS pss = { CKM_SHA256, CKG_MGF1_SHA256, 0 };
-	struct eddsa_params ed = { CK_TRUE, 0, NULL };
+	CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 0};
+	struct eddsa_params ed = {CK_TRUE, 0, NULL};
 	static const struct {
 		CK_MECHANISM_TYPE mech;
 		const struct kp *key;
 	} wrong[] = {
-		{ CKM_ECDSA, &rsa },	       { CKM_ECDSA_SHA256, &ed25519 }, { CKM_EDDSA, &p256 },
-		{ CKM_RSA_PKCS, &p256 },     { CKM_SHA256_RSA_PKCS, &ed448 },
+	    {CKM_ECDSA, &rsa},	   {CKM_ECDSA_SHA256, &ed25519},  {CKM_EDDSA, &p256},
+	    {CKM_RSA_PKCS, &p256}, {CKM_SHA256_RSA_PKCS, &ed448},
 	};
 
 	for (size_t i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
-		CK_MECHANISM m = { wrong[i].mech, NULL, 0 };
+		CK_MECHANISM m = {wrong[i].mech, NULL, 0};
 		mi = mech_find(wrong[i].mech);
 		assert_rv(crypto_sign_init(mi, &m, wrong[i].key->kpriv, true, &op),
 			  CKR_KEY_TYPE_INCONSISTENT);
@@ -892,7 +877,7 @@ static void test_sign_init_errors(void **state)
 	assert_null(op);
 
 	/* the salt must fit the key: emLen 256 >= hLen 32 + sLen + 2 */
-	CK_MECHANISM mp = { CKM_SHA256_RSA_PKCS_PSS, &pss, sizeof(pss) };
+	CK_MECHANISM mp = {CKM_SHA256_RSA_PKCS_PSS, &pss, sizeof(pss)};
 	mi = mech_find(CKM_SHA256_RSA_PKCS_PSS);
 	pss.sLen = 256 - 32 - 2 + 1;
 	assert_rv(crypto_sign_init(mi, &mp, rsa.kpriv, true, &op), CKR_MECHANISM_PARAM_INVALID);
@@ -907,17 +892,22 @@ static void test_sign_init_errors(void **state)
 	assert_rv(verify_with(rsa.kpub, &mp, msg, 10, sig, sig_len, 0), CKR_OK);
 
 	/* parameters are checked here too, not only by mech_lookup */
-	CK_MECHANISM me = { CKM_EDDSA, &ed, sizeof(ed) };
+	CK_MECHANISM me = {CKM_EDDSA, &ed, sizeof(ed)};
 	assert_rv(crypto_sign_init(mech_find(CKM_EDDSA), &me, ed25519.kpriv, true, &op),
 		  CKR_MECHANISM_PARAM_INVALID);
 	/* a mechanism that does not sign */
-	CK_MECHANISM md = { CKM_SHA256, NULL, 0 };
-	assert_rv(crypto_sign_init(mech_find(CKM_SHA256), &md, rsa.kpriv, true, &op),
-		  CKR_MECHANISM_INVALID);
+	CK_MECHANISM md = {CKM_SHA256, NULL, 0};
+	assert_rv(crypto_sign_init(mech_find(CKM_SHA256), &md, rsa.kpriv, true, &op), CKR_MECHANISM_INVALID);
 	/* mi and m disagree */
-	assert_rv(crypto_sign_init(mech_find(CKM_ECDSA), &md, p256.kpriv, true, &op),
-		  CKR_ARGUMENTS_BAD);
+	assert_rv(crypto_sign_init(mech_find(CKM_ECDSA), &md, p256.kpriv, true, &op), CKR_ARGUMENTS_BAD);
 	assert_null(op);
+	/* an EC key bigger than any curve we serve (not one we would load) */
+	EVP_PKEY *big = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "sect571k1");
+	if (big) {
+		CK_MECHANISM mec = {CKM_ECDSA, NULL, 0};
+		assert_rv(crypto_sign_init(mech_find(CKM_ECDSA), &mec, big, true, &op), CKR_KEY_SIZE_RANGE);
+		EVP_PKEY_free(big);
+	}
 	/* digest init with a signing mechanism */
 	assert_rv(crypto_digest_init(mech_find(CKM_ECDSA), &op), CKR_MECHANISM_INVALID);
 	assert_null(op);
@@ -928,7 +918,7 @@ static void test_sign_init_errors(void **state)
 static void test_sign_key_lifetime(void **state)
 {
 	(void)state;
-	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+	CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
 	EVP_PKEY *k = NULL;
 	struct crypto_op *op = NULL;
 	CK_BYTE sig[64];
@@ -945,7 +935,7 @@ static void test_sign_key_lifetime(void **state)
 static void test_out_buffer(void **state)
 {
 	(void)state;
-	CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+	CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
 	const struct mech_info *mi = mech_find(m.mechanism);
 	struct crypto_op *op = NULL;
 	CK_BYTE sig[256], sig2[256];
@@ -1004,7 +994,7 @@ static void test_out_buffer(void **state)
 static void test_rsa_pkcs_data_len(void **state)
 {
 	(void)state;
-	CK_MECHANISM m = { CKM_RSA_PKCS, NULL, 0 };
+	CK_MECHANISM m = {CKM_RSA_PKCS, NULL, 0};
 	const struct mech_info *mi = mech_find(CKM_RSA_PKCS);
 	struct crypto_op *op = NULL;
 	CK_BYTE sig[256];
@@ -1039,7 +1029,7 @@ static void test_update_cap(void **state)
 	(void)state;
 	size_t cap = 64u * 1024 * 1024;
 	CK_BYTE *big = calloc(1, cap + 1); /* never touched: calloc maps zero pages */
-	CK_MECHANISM m = { CKM_EDDSA, NULL, 0 };
+	CK_MECHANISM m = {CKM_EDDSA, NULL, 0};
 	struct crypto_op *op = NULL;
 
 	assert_non_null(big);
@@ -1074,8 +1064,8 @@ static unsigned char *rs_to_der(const CK_BYTE *rs, size_t n, int *der_len)
 static void test_ecdsa_openssl(void **state)
 {
 	(void)state;
-	const struct kp *keys[] = { &p256, &p384, &p521 };
-	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 }, raw = { CKM_ECDSA, NULL, 0 };
+	const struct kp *keys[] = {&p256, &p384, &p521};
+	CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0}, raw = {CKM_ECDSA, NULL, 0};
 
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		const struct kp *k = keys[i];
@@ -1142,9 +1132,9 @@ static void test_rsa_openssl(void **state)
 	size_t olen;
 	EVP_MD_CTX *md;
 	EVP_PKEY_CTX *pc;
-	CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 }, raw = { CKM_RSA_PKCS, NULL, 0 };
-	CK_RSA_PKCS_PSS_PARAMS pss = { CKM_SHA256, CKG_MGF1_SHA256, 32 };
-	CK_MECHANISM mp = { CKM_SHA256_RSA_PKCS_PSS, &pss, sizeof(pss) };
+	CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0}, raw = {CKM_RSA_PKCS, NULL, 0};
+	CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+	CK_MECHANISM mp = {CKM_SHA256_RSA_PKCS_PSS, &pss, sizeof(pss)};
 
 	/* hash-and-sign verifies with EVP */
 	assert_rv(sign_with(rsa.kpriv, &m, msg, sizeof(msg), sig, &sig_len, 0), CKR_OK);
@@ -1190,10 +1180,10 @@ static void test_rsa_openssl(void **state)
 static void test_eddsa_openssl(void **state)
 {
 	(void)state;
-	const struct kp *keys[] = { &ed25519, &ed448 };
-	CK_MECHANISM m = { CKM_EDDSA, NULL, 0 };
-	struct eddsa_params ed = { CK_FALSE, 0, NULL };
-	CK_MECHANISM mp = { CKM_EDDSA, &ed, sizeof(ed) };
+	const struct kp *keys[] = {&ed25519, &ed448};
+	CK_MECHANISM m = {CKM_EDDSA, NULL, 0};
+	struct eddsa_params ed = {CK_FALSE, 0, NULL};
+	CK_MECHANISM mp = {CKM_EDDSA, &ed, sizeof(ed)};
 
 	for (size_t i = 0; i < 2; i++) {
 		CK_BYTE sig[114], osig[114];
@@ -1218,9 +1208,8 @@ static void test_digest(void **state)
 {
 	(void)state;
 	static const CK_BYTE abc256[32] = {
-		0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
-		0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
-		0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad,
+	    0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+	    0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad,
 	};
 	size_t tested = 0;
 
@@ -1278,7 +1267,7 @@ struct thread_arg {
 static void *sign_thread(void *p)
 {
 	struct thread_arg *a = p;
-	CK_MECHANISM m = { a->mech, NULL, 0 };
+	CK_MECHANISM m = {a->mech, NULL, 0};
 	for (int i = 0; i < 50; i++) {
 		CK_BYTE sig[132];
 		CK_ULONG sig_len = sizeof(sig);
@@ -1292,10 +1281,10 @@ static void *sign_thread(void *p)
 static void test_threads(void **state)
 {
 	(void)state;
-	struct thread_arg args[4] = { { &p256, CKM_ECDSA_SHA256, 0 },
-				      { &p256, CKM_ECDSA_SHA256, 0 },
-				      { &ed25519, CKM_EDDSA, 0 },
-				      { &ed25519, CKM_EDDSA, 0 } };
+	struct thread_arg args[4] = {{&p256, CKM_ECDSA_SHA256, 0},
+				     {&p256, CKM_ECDSA_SHA256, 0},
+				     {&ed25519, CKM_EDDSA, 0},
+				     {&ed25519, CKM_EDDSA, 0}};
 	pthread_t t[4];
 
 	for (int i = 0; i < 4; i++)
@@ -1332,7 +1321,7 @@ static void wrap_vector(CK_MECHANISM_TYPE mech, const char *kek_hex, const char 
 	CK_BYTE kek[32], key[64], want[80], out[80], *un = NULL;
 	size_t kek_len, key_len, want_len;
 	CK_ULONG out_len, un_len = 0;
-	CK_MECHANISM m = { mech, NULL, 0 };
+	CK_MECHANISM m = {mech, NULL, 0};
 	struct attrs *w;
 
 	hex(kek_hex, kek, &kek_len);
@@ -1371,11 +1360,9 @@ static void test_wrap_vectors(void **state)
 {
 	(void)state;
 	/* RFC 3394 4.1 and 4.6 */
-	wrap_vector(CKM_AES_KEY_WRAP, "000102030405060708090A0B0C0D0E0F",
-		    "00112233445566778899AABBCCDDEEFF",
+	wrap_vector(CKM_AES_KEY_WRAP, "000102030405060708090A0B0C0D0E0F", "00112233445566778899AABBCCDDEEFF",
 		    "1FA68B0A8112B447AEF34BD8FB5A7B829D3E862371D2CFE5");
-	wrap_vector(CKM_AES_KEY_WRAP,
-		    "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
+	wrap_vector(CKM_AES_KEY_WRAP, "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
 		    "00112233445566778899AABBCCDDEEFF000102030405060708090A0B0C0D0E0F",
 		    "28C9F404C4B810F4CBCCB35CFB87F8263F5786E2D80ED326CBC7F0E71A99F43BFB988B9B7A02DD21");
 	/* RFC 5649 section 6 */
@@ -1389,14 +1376,14 @@ static void test_wrap_vectors(void **state)
 static void test_wrap_errors(void **state)
 {
 	(void)state;
-	CK_BYTE kek[32] = { 1 }, key[64] = { 2 }, out[100], *un = NULL;
-	CK_BYTE iv[8] = { 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6 }, out2[100];
+	CK_BYTE kek[32] = {1}, key[64] = {2}, out[100], *un = NULL;
+	CK_BYTE iv[8] = {0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6}, out2[100];
 	CK_ULONG out_len, un_len = 0;
-	CK_MECHANISM m = { CKM_AES_KEY_WRAP, NULL, 0 }, mpad = { CKM_AES_KEY_WRAP_PAD, NULL, 0 };
+	CK_MECHANISM m = {CKM_AES_KEY_WRAP, NULL, 0}, mpad = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	struct attrs *w = aes_key(kek, 16), *bad;
 
 	/* RFC 3394 wraps whole blocks, two or more */
-	static const CK_ULONG bad_lens[] = { 0, 8, 15, 17, 23 };
+	static const CK_ULONG bad_lens[] = {0, 8, 15, 17, 23};
 	for (size_t i = 0; i < sizeof(bad_lens) / sizeof(bad_lens[0]); i++) {
 		out_len = sizeof(out);
 		assert_rv(crypto_wrap(&m, w, key, bad_lens[i], out, &out_len), CKR_KEY_SIZE_RANGE);
@@ -1415,10 +1402,9 @@ static void test_wrap_errors(void **state)
 	assert_rv(crypto_wrap(&m, w, key, 1u << 20, out, &out_len), CKR_KEY_SIZE_RANGE);
 
 	/* unwrap lengths */
-	static const CK_ULONG bad_wrapped[] = { 0, 8, 16, 20, 25 };
+	static const CK_ULONG bad_wrapped[] = {0, 8, 16, 20, 25};
 	for (size_t i = 0; i < sizeof(bad_wrapped) / sizeof(bad_wrapped[0]); i++)
-		assert_rv(crypto_unwrap(&m, w, out, bad_wrapped[i], &un, &un_len),
-			  CKR_WRAPPED_KEY_LEN_RANGE);
+		assert_rv(crypto_unwrap(&m, w, out, bad_wrapped[i], &un, &un_len), CKR_WRAPPED_KEY_LEN_RANGE);
 	assert_rv(crypto_unwrap(&mpad, w, out, 12, &un, &un_len), CKR_WRAPPED_KEY_LEN_RANGE);
 	assert_null(un);
 
@@ -1434,19 +1420,18 @@ static void test_wrap_errors(void **state)
 	set_ulong(bad, CKA_KEY_TYPE, CKK_GENERIC_SECRET);
 	set(bad, CKA_VALUE, kek, 16);
 	assert_rv(crypto_wrap(&m, bad, key, 16, out, &out_len), CKR_WRAPPING_KEY_TYPE_INCONSISTENT);
-	assert_rv(crypto_unwrap(&m, bad, out, 24, &un, &un_len),
-		  CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
+	assert_rv(crypto_unwrap(&m, bad, out, 24, &un, &un_len), CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
 	attrs_free(bad);
 
 	/* mechanism checks */
-	CK_MECHANISM ms = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+	CK_MECHANISM ms = {CKM_SHA256_RSA_PKCS, NULL, 0};
 	assert_rv(crypto_wrap(&ms, w, key, 16, out, &out_len), CKR_MECHANISM_INVALID);
-	CK_MECHANISM mbad = { CKM_AES_KEY_WRAP, iv, 7 };
+	CK_MECHANISM mbad = {CKM_AES_KEY_WRAP, iv, 7};
 	assert_rv(crypto_wrap(&mbad, w, key, 16, out, &out_len), CKR_MECHANISM_PARAM_INVALID);
 
 	/* the default IV given explicitly changes nothing; another IV
 	 * changes the result and must be given again to unwrap */
-	CK_MECHANISM miv = { CKM_AES_KEY_WRAP, iv, 8 };
+	CK_MECHANISM miv = {CKM_AES_KEY_WRAP, iv, 8};
 	out_len = sizeof(out);
 	assert_rv(crypto_wrap(&m, w, key, 32, out, &out_len), CKR_OK);
 	CK_ULONG out2_len = sizeof(out2);
@@ -1491,17 +1476,17 @@ static struct attrs *subset(const struct attrs *src, const CK_ATTRIBUTE_TYPE *ty
 	return a;
 }
 
-static const CK_ATTRIBUTE_TYPE rsa_pub_types[] = { CKA_MODULUS, CKA_PUBLIC_EXPONENT };
+static const CK_ATTRIBUTE_TYPE rsa_pub_types[] = {CKA_MODULUS, CKA_PUBLIC_EXPONENT};
 static const CK_ATTRIBUTE_TYPE rsa_priv_types[] = {
-	CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT, CKA_PRIME_1,
-	CKA_PRIME_2, CKA_EXPONENT_1,	  CKA_EXPONENT_2,	CKA_COEFFICIENT,
+    CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT, CKA_PRIME_1,
+    CKA_PRIME_2, CKA_EXPONENT_1,      CKA_EXPONENT_2,	    CKA_COEFFICIENT,
 };
 
 /* Sign with an imported private key, verify with the generated public one. */
 static void sign_check(const struct attrs *priv, EVP_PKEY *pub, CK_MECHANISM_TYPE mech)
 {
 	EVP_PKEY *k = NULL;
-	CK_MECHANISM m = { mech, NULL, 0 };
+	CK_MECHANISM m = {mech, NULL, 0};
 	CK_BYTE sig[600];
 	CK_ULONG sig_len = sizeof(sig);
 
@@ -1562,8 +1547,8 @@ static void test_check_rsa(void **state)
 	attrs_free(a);
 
 	/* components that belong to different keys */
-	static const CK_ATTRIBUTE_TYPE tamper[] = { CKA_PRIME_1,    CKA_PRIME_2,    CKA_EXPONENT_1,
-						    CKA_EXPONENT_2, CKA_COEFFICIENT, CKA_PRIVATE_EXPONENT };
+	static const CK_ATTRIBUTE_TYPE tamper[] = {CKA_PRIME_1,	   CKA_PRIME_2,	    CKA_EXPONENT_1,
+						   CKA_EXPONENT_2, CKA_COEFFICIENT, CKA_PRIVATE_EXPONENT};
 	for (size_t i = 0; i < sizeof(tamper) / sizeof(tamper[0]); i++) {
 		const CK_ATTRIBUTE *at = attrs_get(rsa.priv, tamper[i]);
 		CK_BYTE v[512];
@@ -1581,7 +1566,7 @@ static void test_check_rsa(void **state)
 	attrs_free(a);
 
 	/* leading zeros are fine */
-	CK_BYTE padded[300] = { 0 };
+	CK_BYTE padded[300] = {0};
 	memcpy(padded + 3, n->pValue, 256);
 	a = subset(rsa.pub, rsa_pub_types, 2);
 	set(a, CKA_MODULUS, padded, 259);
@@ -1601,10 +1586,10 @@ static void test_check_rsa(void **state)
 		int fill; /* -1: 0x01 in the last byte only */
 		CK_RV want;
 	} mods[] = {
-		{ 1, -1, CKR_KEY_SIZE_RANGE },	      { 0, 0, CKR_KEY_SIZE_RANGE },
-		{ 1000, 0, CKR_KEY_SIZE_RANGE },      { 12500, 0xff, CKR_KEY_SIZE_RANGE },
-		{ 1u << 20, 0xff, CKR_KEY_SIZE_RANGE }, { 2049, -1, CKR_KEY_SIZE_RANGE },
-		{ 127, 0xff, CKR_KEY_SIZE_RANGE },      { 2048, 0xff, CKR_OK /* 16384 bits, odd */ },
+	    {1, -1, CKR_KEY_SIZE_RANGE},	  {0, 0, CKR_KEY_SIZE_RANGE},
+	    {1000, 0, CKR_KEY_SIZE_RANGE},	  {12500, 0xff, CKR_KEY_SIZE_RANGE},
+	    {1u << 20, 0xff, CKR_KEY_SIZE_RANGE}, {2049, -1, CKR_KEY_SIZE_RANGE},
+	    {127, 0xff, CKR_KEY_SIZE_RANGE},	  {2048, 0xff, CKR_OK /* 16384 bits, odd */},
 	};
 	for (size_t i = 0; i < sizeof(mods) / sizeof(mods[0]); i++) {
 		a = attrs_new();
@@ -1629,8 +1614,11 @@ static void test_check_rsa(void **state)
 	static const struct {
 		const char *e;
 		size_t len;
-	} bad_e[] = { { "\x01\x00\x00", 3 }, { "\x01", 1 }, { "", 0 }, { "\x00", 1 },
-		      { "\x01\x00\x00\x00\x00\x00\x00\x00\x01", 9 } };
+	} bad_e[] = {{"\x01\x00\x00", 3},
+		     {"\x01", 1},
+		     {"", 0},
+		     {"\x00", 1},
+		     {"\x01\x00\x00\x00\x00\x00\x00\x00\x01", 9}};
 	for (size_t i = 0; i < sizeof(bad_e) / sizeof(bad_e[0]); i++) {
 		a = subset(rsa.pub, rsa_pub_types, 2);
 		set(a, CKA_PUBLIC_EXPONENT, bad_e[i].e, bad_e[i].len);
@@ -1655,10 +1643,8 @@ static void test_check_rsa_1024(void **state)
 	(void)state;
 	EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024), *loaded = NULL;
 	struct attrs *pub = attrs_new(), *priv = attrs_new();
-	static const char *params[] = { OSSL_PKEY_PARAM_RSA_N, OSSL_PKEY_PARAM_RSA_E,
-					OSSL_PKEY_PARAM_RSA_D };
-	static const CK_ATTRIBUTE_TYPE types[] = { CKA_MODULUS, CKA_PUBLIC_EXPONENT,
-						   CKA_PRIVATE_EXPONENT };
+	static const char *params[] = {OSSL_PKEY_PARAM_RSA_N, OSSL_PKEY_PARAM_RSA_E, OSSL_PKEY_PARAM_RSA_D};
+	static const CK_ATTRIBUTE_TYPE types[] = {CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT};
 	CK_BYTE sig[128];
 
 	assert_non_null(k);
@@ -1682,7 +1668,7 @@ static void test_check_rsa_1024(void **state)
 	assert_int_equal(EVP_DigestSign(md, sig, &olen, msg, 50), 1);
 	EVP_MD_CTX_free(md);
 	assert_rv(crypto_load_pkey(CKO_PUBLIC_KEY, pub, &loaded), CKR_OK);
-	CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+	CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
 	assert_rv(verify_with(loaded, &m, msg, 50, sig, olen, 0), CKR_OK);
 	assert_rv(verify_with(loaded, &m, msg, 51, sig, olen, 0), CKR_SIGNATURE_INVALID);
 	EVP_PKEY_free(loaded);
@@ -1694,7 +1680,7 @@ static void test_check_rsa_1024(void **state)
 static void test_check_ec(void **state)
 {
 	(void)state;
-	const struct kp *keys[] = { &p256, &p384, &p521, &ed25519, &ed448 };
+	const struct kp *keys[] = {&p256, &p384, &p521, &ed25519, &ed448};
 	CK_BYTE buf[200];
 
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
@@ -1735,7 +1721,7 @@ static void test_check_ec(void **state)
 		attrs_free(a);
 
 		/* wrong lengths, truncated and overlong DER */
-		static const int deltas[] = { -1, 1, -(int)1000, 5 };
+		static const int deltas[] = {-1, 1, -(int)1000, 5};
 		for (size_t d = 0; d < sizeof(deltas) / sizeof(deltas[0]); d++) {
 			size_t len = pt->ulValueLen + (size_t)deltas[d];
 			if (deltas[d] < 0 && (size_t)-deltas[d] >= pt->ulValueLen)
@@ -1789,9 +1775,8 @@ static void test_check_ec_hostile(void **state)
 	struct attrs *a;
 	/* the order of P-256 */
 	static const CK_BYTE n256[32] = {
-		0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
-		0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
-		0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+	    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 	};
 
 	/* a point off the curve */
@@ -1858,7 +1843,7 @@ static void test_check_ec_hostile(void **state)
 			g[j] = (CK_BYTE)rand_r(&seed);
 		/* make it look like DER half of the time */
 		if (len >= 2 && (i & 1)) {
-			g[0] = (CK_BYTE[]){ 0x04, 0x06, 0x13, 0x30 }[i % 4];
+			g[0] = (CK_BYTE[]){0x04, 0x06, 0x13, 0x30}[i % 4];
 			g[1] = (CK_BYTE)(len - 2);
 		}
 		a = attrs_new();
@@ -1881,23 +1866,23 @@ static void test_check_ec_hostile(void **state)
 static void test_check_secret(void **state)
 {
 	(void)state;
-	CK_BYTE v[600] = { 0 };
+	CK_BYTE v[600] = {0};
 	CK_ULONG len = 0;
 	static const struct {
 		CK_KEY_TYPE kt;
 		size_t len;
 		CK_RV want;
 	} cases[] = {
-		{ CKK_AES, 16, CKR_OK },
-		{ CKK_AES, 24, CKR_OK },
-		{ CKK_AES, 32, CKR_OK },
-		{ CKK_AES, 0, CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKK_AES, 17, CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKK_AES, 64, CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKK_GENERIC_SECRET, 1, CKR_OK },
-		{ CKK_GENERIC_SECRET, 512, CKR_OK },
-		{ CKK_GENERIC_SECRET, 0, CKR_ATTRIBUTE_VALUE_INVALID },
-		{ CKK_GENERIC_SECRET, 513, CKR_KEY_SIZE_RANGE },
+	    {CKK_AES, 16, CKR_OK},
+	    {CKK_AES, 24, CKR_OK},
+	    {CKK_AES, 32, CKR_OK},
+	    {CKK_AES, 0, CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKK_AES, 17, CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKK_AES, 64, CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKK_GENERIC_SECRET, 1, CKR_OK},
+	    {CKK_GENERIC_SECRET, 512, CKR_OK},
+	    {CKK_GENERIC_SECRET, 0, CKR_ATTRIBUTE_VALUE_INVALID},
+	    {CKK_GENERIC_SECRET, 513, CKR_KEY_SIZE_RANGE},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1919,8 +1904,7 @@ static void test_check_secret(void **state)
 	assert_rv(check(CKO_SECRET_KEY, CKK_AES, a), CKR_OK);
 	assert_rv(crypto_check_key(CKO_PRIVATE_KEY, CKK_AES, a), CKR_TEMPLATE_INCONSISTENT);
 	assert_rv(crypto_check_key(CKO_SECRET_KEY, CKK_DES3, a), CKR_ATTRIBUTE_VALUE_INVALID);
-	assert_rv(crypto_check_key(CKO_SECRET_KEY, CKK_VENDOR_DEFINED, a),
-		  CKR_ATTRIBUTE_VALUE_INVALID);
+	assert_rv(crypto_check_key(CKO_SECRET_KEY, CKK_VENDOR_DEFINED, a), CKR_ATTRIBUTE_VALUE_INVALID);
 	attrs_free(a);
 }
 
@@ -1953,6 +1937,8 @@ static void test_load_pkey(void **state)
 	assert_rv(crypto_load_pkey(CKO_PRIVATE_KEY, a, &k), CKR_FUNCTION_FAILED);
 	set(a, CKA_EC_POINT, "\x04\x41\x04", 3);
 	assert_rv(crypto_load_pkey(CKO_PUBLIC_KEY, a, &k), CKR_FUNCTION_FAILED);
+	set(a, CKA_VALUE, "\x00\x00", 2);
+	assert_rv(crypto_load_pkey(CKO_PRIVATE_KEY, a, &k), CKR_FUNCTION_FAILED);
 	set_ulong(a, CKA_KEY_TYPE, CKK_EC_EDWARDS);
 	set(a, CKA_VALUE, "abc", 3);
 	assert_rv(crypto_load_pkey(CKO_PRIVATE_KEY, a, &k), CKR_FUNCTION_FAILED);
@@ -1971,7 +1957,7 @@ static void test_load_pkey(void **state)
 static void test_random(void **state)
 {
 	(void)state;
-	CK_BYTE a[64] = { 0 }, b[64] = { 0 }, zero[64] = { 0 };
+	CK_BYTE a[64] = {0}, b[64] = {0}, zero[64] = {0};
 
 	assert_rv(crypto_random(a, 0), CKR_OK);
 	assert_memory_equal(a, zero, 64);
@@ -1984,35 +1970,21 @@ static void test_random(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_mech_table),
-		cmocka_unit_test(test_mech_lookup),
-		cmocka_unit_test(test_generate_rsa),
-		cmocka_unit_test(test_generate_rsa_errors),
-		cmocka_unit_test(test_generate_ec),
-		cmocka_unit_test(test_generate_ec_errors),
-		cmocka_unit_test(test_generate_secret),
-		cmocka_unit_test(test_sign_verify_all),
-		cmocka_unit_test(test_sign_empty),
-		cmocka_unit_test(test_raw_pss_hashes),
-		cmocka_unit_test(test_sign_init_errors),
-		cmocka_unit_test(test_sign_key_lifetime),
-		cmocka_unit_test(test_out_buffer),
-		cmocka_unit_test(test_rsa_pkcs_data_len),
-		cmocka_unit_test(test_update_cap),
-		cmocka_unit_test(test_ecdsa_openssl),
-		cmocka_unit_test(test_rsa_openssl),
-		cmocka_unit_test(test_eddsa_openssl),
-		cmocka_unit_test(test_digest),
-		cmocka_unit_test(test_threads),
-		cmocka_unit_test(test_wrap_vectors),
-		cmocka_unit_test(test_wrap_errors),
-		cmocka_unit_test(test_check_rsa),
-		cmocka_unit_test(test_check_rsa_1024),
-		cmocka_unit_test(test_check_ec),
-		cmocka_unit_test(test_check_ec_hostile),
-		cmocka_unit_test(test_check_secret),
-		cmocka_unit_test(test_load_pkey),
-		cmocka_unit_test(test_random),
+	    cmocka_unit_test(test_mech_table),	     cmocka_unit_test(test_mech_lookup),
+	    cmocka_unit_test(test_generate_rsa),     cmocka_unit_test(test_generate_rsa_errors),
+	    cmocka_unit_test(test_generate_ec),	     cmocka_unit_test(test_generate_ec_errors),
+	    cmocka_unit_test(test_generate_secret),  cmocka_unit_test(test_sign_verify_all),
+	    cmocka_unit_test(test_sign_empty),	     cmocka_unit_test(test_raw_pss_hashes),
+	    cmocka_unit_test(test_sign_init_errors), cmocka_unit_test(test_sign_key_lifetime),
+	    cmocka_unit_test(test_out_buffer),	     cmocka_unit_test(test_rsa_pkcs_data_len),
+	    cmocka_unit_test(test_update_cap),	     cmocka_unit_test(test_ecdsa_openssl),
+	    cmocka_unit_test(test_rsa_openssl),	     cmocka_unit_test(test_eddsa_openssl),
+	    cmocka_unit_test(test_digest),	     cmocka_unit_test(test_threads),
+	    cmocka_unit_test(test_wrap_vectors),     cmocka_unit_test(test_wrap_errors),
+	    cmocka_unit_test(test_check_rsa),	     cmocka_unit_test(test_check_rsa_1024),
+	    cmocka_unit_test(test_check_ec),	     cmocka_unit_test(test_check_ec_hostile),
+	    cmocka_unit_test(test_check_secret),     cmocka_unit_test(test_load_pkey),
+	    cmocka_unit_test(test_random),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -604,6 +604,9 @@ static void test_user_pin(void **state)
 	assert_int_equal(ops->login(t, CKU_USER, NULL, 0, NULL), CKR_OK);
 	assert_int_equal(ops->login(t, CKU_USER, PIN(USER_PIN), NULL), CKR_PIN_INCORRECT);
 	assert_int_equal(ops->init_pin(t, NULL, PIN(USER_PIN)), CKR_USER_NOT_LOGGED_IN);
+	/* Only the SO sets the user PIN: a user's key will not do. */
+	assert_int_equal(ops->init_pin(t, k, PIN("mine")), CKR_USER_NOT_LOGGED_IN);
+	assert_int_equal(ops->login(t, CKU_USER, NULL, 0, NULL), CKR_OK);
 	ops->key_free(so);
 	ops->key_free(k);
 	ops->close(t);

@@ -117,6 +117,7 @@ struct token_key {
 	/* Names this key in meta, so a key that a re-initialisation (maybe by
 	 * another process) has replaced is recognised as stale. */
 	uint8_t id[KEY_ID_LEN];
+	CK_USER_TYPE who; /* the login that unlocked it: init_pin wants the SO's */
 };
 
 enum role_idx { R_SO, R_USER };
@@ -911,8 +912,10 @@ static CK_RV pin_unwrap(struct token_store *t, const struct role *r, const struc
 	rv = gcm_open(t, kek, ad, sizeof(ad), m->wrap[r->idx], WRAP_LEN, key->k);
 	if (rv == CKR_ENCRYPTED_DATA_INVALID)
 		rv = CKR_PIN_INCORRECT;
-	if (rv == CKR_OK)
+	if (rv == CKR_OK) {
 		memcpy(key->id, m->key_id, KEY_ID_LEN);
+		key->who = r->idx == R_SO ? CKU_SO : CKU_USER;
+	}
 out:
 	if (kek)
 		OPENSSL_secure_clear_free(kek, KEY_LEN);
@@ -1526,7 +1529,7 @@ static CK_RV file_login(struct token_store *t, CK_USER_TYPE who, const CK_UTF8CH
 static CK_RV file_init_pin(struct token_store *t, const struct token_key *so_key,
 			   const CK_UTF8CHAR *pin, CK_ULONG len)
 {
-	if (!so_key)
+	if (!so_key || so_key->who != CKU_SO)
 		return CKR_USER_NOT_LOGGED_IN;
 	if (!pin && len)
 		return CKR_ARGUMENTS_BAD;
@@ -1591,6 +1594,7 @@ static CK_RV file_initialize(struct token_store *t, const CK_UTF8CHAR *so_pin, C
 		rv = CKR_HOST_MEMORY;
 		goto out;
 	}
+	key->who = CKU_SO;
 	if (RAND_priv_bytes(key->k, KEY_LEN) != 1 || RAND_bytes(key->id, KEY_ID_LEN) != 1 ||
 	    RAND_bytes(salt, SALT_LEN) != 1) {
 		rv = CKR_FUNCTION_FAILED;
