@@ -31,6 +31,16 @@ void config_free(struct config *c)
 	for (size_t i = 0; i < c->n_tokens; i++)
 		free(c->tokens[i].path);
 	free(c->tokens);
+	for (size_t i = 0; i < c->n_crl_files; i++)
+		free(c->crl_files[i]);
+	free(c->crl_files);
+	for (size_t i = 0; i < c->n_oids; i++) {
+		free(c->oids[i].name);
+		free(c->oids[i].oid);
+	}
+	free(c->oids);
+	free(c->trust_list);
+	free(c->crl_dir);
 	free(c->store_dir);
 	free(c->source);
 	free(c);
@@ -74,16 +84,83 @@ static CK_RV add_token(struct config *c)
 	return CKR_OK;
 }
 
+static CK_RV set_path(char **dst, const char *val)
+{
+	if (val[0] != '/')
+		return CKR_ARGUMENTS_BAD;
+	free(*dst);
+	*dst = strdup(val);
+	return *dst ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+/* A duration: seconds, or a number with s, m, h or d. */
+static bool parse_duration(const char *s, unsigned long *out)
+{
+	char num[32];
+	size_t n = strlen(s);
+	unsigned long long v, mul = 1;
+	if (n == 0 || n >= sizeof(num))
+		return false;
+	memcpy(num, s, n + 1);
+	switch (num[n - 1]) {
+	case 'd':
+		mul = 86400;
+		break;
+	case 'h':
+		mul = 3600;
+		break;
+	case 'm':
+		mul = 60;
+		break;
+	case 's':
+		break;
+	default:
+		n++;
+	}
+	num[n - 1] = '\0';
+	if (!parse_ulong(num, 0, 10ull * 365 * 86400, &v) || v * mul > 10ull * 365 * 86400)
+		return false;
+	*out = v * mul;
+	return true;
+}
+
+static CK_RV add_crl_file(struct config *c, const char *val)
+{
+	if (val[0] != '/')
+		return CKR_ARGUMENTS_BAD;
+	char **f = realloc(c->crl_files, (c->n_crl_files + 2) * sizeof(*f));
+	if (!f)
+		return CKR_HOST_MEMORY;
+	c->crl_files = f;
+	f[c->n_crl_files] = strdup(val);
+	if (!f[c->n_crl_files])
+		return CKR_HOST_MEMORY;
+	f[++c->n_crl_files] = NULL;
+	return CKR_OK;
+}
+
 static CK_RV set_module_key(struct config *c, const char *key, const char *val, bool *known)
 {
 	unsigned long long v;
 	*known = true;
-	if (strcmp(key, "store") == 0) {
-		if (val[0] != '/')
+	if (strcmp(key, "store") == 0)
+		return set_path(&c->store_dir, val);
+	if (strcmp(key, "trust_list") == 0)
+		return set_path(&c->trust_list, val);
+	if (strcmp(key, "crl_dir") == 0)
+		return set_path(&c->crl_dir, val);
+	if (strcmp(key, "crl_file") == 0)
+		return add_crl_file(c, val);
+	if (strcmp(key, "crl_max_age") == 0)
+		return parse_duration(val, &c->crl_max_age) ? CKR_OK : CKR_ARGUMENTS_BAD;
+	if (strcmp(key, "revocation_unknown") == 0) {
+		if (strcmp(val, "refuse") == 0)
+			c->allow_unknown_revocation = false;
+		else if (strcmp(val, "allow") == 0)
+			c->allow_unknown_revocation = true;
+		else
 			return CKR_ARGUMENTS_BAD;
-		free(c->store_dir);
-		c->store_dir = strdup(val);
-		return c->store_dir ? CKR_OK : CKR_HOST_MEMORY;
+		return CKR_OK;
 	}
 	if (strcmp(key, "max_pin_tries") == 0) {
 		if (!parse_ulong(val, 1, 100, &v))
@@ -113,6 +190,29 @@ static CK_RV set_module_key(struct config *c, const char *key, const char *val, 
 	} else {
 		*known = false;
 	}
+	return CKR_OK;
+}
+
+/* [profile]: oid.NAME = DOTTED.OID lines; certattrs checks the names. */
+static CK_RV set_profile_key(struct config *c, const char *key, const char *val, bool *known)
+{
+	*known = strncmp(key, "oid.", 4) == 0 && key[4];
+	if (!*known)
+		return CKR_OK;
+	for (const char *p = val; *p; p++)
+		if (!(*p == '.' || (*p >= '0' && *p <= '9')))
+			return CKR_ARGUMENTS_BAD;
+	if (!*val)
+		return CKR_ARGUMENTS_BAD;
+	struct config_oid *o = realloc(c->oids, (c->n_oids + 1) * sizeof(*o));
+	if (!o)
+		return CKR_HOST_MEMORY;
+	c->oids = o;
+	o[c->n_oids].name = strdup(key + 4);
+	o[c->n_oids].oid = strdup(val);
+	c->n_oids++;
+	if (!o[c->n_oids - 1].name || !o[c->n_oids - 1].oid)
+		return CKR_HOST_MEMORY;
 	return CKR_OK;
 }
 
@@ -149,7 +249,7 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 	if (!c->source)
 		goto out;
 
-	bool in_token = false;
+	enum { SEC_MODULE, SEC_TOKEN, SEC_PROFILE } section = SEC_MODULE;
 	char *save = NULL;
 	/* ';' separates lines too: p11-kit's x-init-reserved is one line. */
 	for (char *line = strtok_r(copy, "\n;", &save); line; line = strtok_r(NULL, "\n;", &save)) {
@@ -161,6 +261,10 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 		if (!*line)
 			continue;
 		if (line[0] == '[') {
+			if (strcmp(line, "[profile]") == 0) {
+				section = SEC_PROFILE;
+				continue;
+			}
 			if (strcmp(line, "[token]") != 0) {
 				kt_log("%s: line %u: unknown section '%s'", origin, lineno, line);
 				rv = CKR_ARGUMENTS_BAD;
@@ -169,7 +273,7 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 			rv = add_token(c);
 			if (rv != CKR_OK)
 				goto out;
-			in_token = true;
+			section = SEC_TOKEN;
 			continue;
 		}
 		char *eq = strchr(line, '=');
@@ -181,8 +285,10 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 		*eq = '\0';
 		char *key = trim(line), *val = trim(eq + 1);
 		bool known;
-		if (in_token)
+		if (section == SEC_TOKEN)
 			rv = set_token_key(&c->tokens[c->n_tokens - 1], key, val, &known);
+		else if (section == SEC_PROFILE)
+			rv = set_profile_key(c, key, val, &known);
 		else
 			rv = set_module_key(c, key, val, &known);
 		if (rv == CKR_OK && !known) {

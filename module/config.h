@@ -19,6 +19,14 @@
  *   scrypt_n = N        KDF cost for tokens initialised from now on: a power of
  *   scrypt_r = N        two >= 1024 (default 32768, r 8, p 1); stored per token
  *   scrypt_p = N
+ *   trust_list = FILE   accredited certification centres (docs/trust-and-revocation.md)
+ *   crl_dir = DIR       CRLs (PEM or DER) read at C_Initialize
+ *   crl_file = FILE     one CRL; may be repeated
+ *   crl_max_age = T     a CRL older than this is stale: seconds, or with s/m/h/d
+ *   revocation_unknown = refuse|allow   no fresh CRL for an issuer (default refuse)
+ * [profile] keys:
+ *   oid.NAME = 1.2.3.4  one more OID meaning NAME in the certificate
+ *                       attribute table (docs/attributes.md)
  * [token] keys:
  *   driver = file       (the only driver so far)
  *   path = FILE         the token's store file (created by C_InitToken if absent)
@@ -37,8 +45,21 @@ struct config_token {
 	char *path;
 };
 
+struct config_oid {
+	char *name;
+	char *oid;
+};
+
 struct config {
 	char *store_dir; /* NULL: no store directory (only [token]s) */
+	char *trust_list;
+	char *crl_dir;
+	char **crl_files; /* NULL-terminated */
+	size_t n_crl_files;
+	unsigned long crl_max_age;
+	bool allow_unknown_revocation;
+	struct config_oid *oids;
+	size_t n_oids;
 	CK_ULONG min_pin_len;
 	CK_ULONG max_pin_len;
 	struct token_params params;

@@ -60,6 +60,46 @@ static void test_reserved_string_semicolons(void **state)
 	config_free(c);
 }
 
+static void test_certificate_checks(void **state)
+{
+	struct config *c;
+	const char *text = "trust_list = /etc/koltamga/trust.conf\n"
+			   "crl_dir = /var/lib/koltamga/crl\n"
+			   "crl_file = /a.crl\n"
+			   "crl_file = /b.crl\n"
+			   "crl_max_age = 7d\n"
+			   "revocation_unknown = allow\n"
+			   "[profile]\n"
+			   "oid.personal_id = 1.2.3.4\n";
+	assert_int_equal(config_parse(text, "test", &c), CKR_OK);
+	assert_string_equal(c->trust_list, "/etc/koltamga/trust.conf");
+	assert_string_equal(c->crl_dir, "/var/lib/koltamga/crl");
+	assert_int_equal(c->n_crl_files, 2);
+	assert_string_equal(c->crl_files[1], "/b.crl");
+	assert_null(c->crl_files[2]);
+	assert_int_equal(c->crl_max_age, 7 * 86400);
+	assert_true(c->allow_unknown_revocation);
+	assert_int_equal(c->n_oids, 1);
+	assert_string_equal(c->oids[0].name, "personal_id");
+	assert_string_equal(c->oids[0].oid, "1.2.3.4");
+	config_free(c);
+
+	static const struct {
+		const char *text;
+		unsigned long seconds;
+	} ages[] = { { "crl_max_age = 90", 90 }, { "crl_max_age = 90s", 90 }, { "crl_max_age = 2m", 120 },
+		     { "crl_max_age = 3h", 10800 }, { "crl_max_age = 0", 0 } };
+	for (size_t i = 0; i < sizeof(ages) / sizeof(ages[0]); i++) {
+		assert_int_equal(config_parse(ages[i].text, "test", &c), CKR_OK);
+		assert_int_equal(c->crl_max_age, ages[i].seconds);
+		config_free(c);
+	}
+	/* Refusing an unknown status is the default. */
+	assert_int_equal(config_parse("", "test", &c), CKR_OK);
+	assert_false(c->allow_unknown_revocation);
+	config_free(c);
+}
+
 static void test_errors(void **state)
 {
 	static const char *bad[] = {
@@ -80,6 +120,16 @@ static void test_errors(void **state)
 		"[token]\npath = x.ktok", /* relative */
 		"[token]\nstore = /x",     /* module key in a token section */
 		"min_pin_len = 10\nmax_pin_len = 5",
+		"trust_list = relative.conf",
+		"crl_file = x.crl",
+		"crl_max_age = 7w",
+		"crl_max_age = d",
+		"crl_max_age = 99999999999d",
+		"revocation_unknown = maybe",
+		"[profile]\noid.x = 1.2.a",
+		"[profile]\noid.x =",
+		"[profile]\nname = 1.2.3",
+		"[profile]\noid. = 1.2.3",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct config *c = NULL;
@@ -148,6 +198,7 @@ int main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_full_file),
 		cmocka_unit_test(test_reserved_string_semicolons),
+		cmocka_unit_test(test_certificate_checks),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_load_env_file),
 		cmocka_unit_test(test_default_store_from_xdg),
