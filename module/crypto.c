@@ -1938,3 +1938,75 @@ CK_RV crypto_random(CK_BYTE *out, CK_ULONG len)
 {
 	return rand_fill(out, len, false);
 }
+
+/* ---------------------------------------------------------------------- */
+/* Public keys from certificates */
+
+CK_RV crypto_public_from_spki(const CK_BYTE *der, CK_ULONG len, struct attrs *a)
+{
+	CK_RV rv = CKR_ATTRIBUTE_VALUE_INVALID;
+	const unsigned char *p = der;
+	EVP_PKEY *pkey = NULL;
+	BIGNUM *n = NULL, *e = NULL;
+	char group[32];
+	CK_BYTE pt[EC_POINT_MAX];
+	size_t got = 0;
+
+	if (!der || len == 0 || len > LONG_MAX)
+		goto out;
+	pkey = d2i_PUBKEY(NULL, &p, (long)len);
+	if (!pkey || p != der + len)
+		goto out;
+	if (EVP_PKEY_is_a(pkey, "RSA")) {
+		if (!EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) ||
+		    !EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e))
+			goto out;
+		rv = attrs_set_ulong(a, CKA_KEY_TYPE, CKK_RSA);
+		if (rv == CKR_OK)
+			rv = attr_set_bn(a, CKA_MODULUS, n);
+		if (rv == CKR_OK)
+			rv = attr_set_bn(a, CKA_PUBLIC_EXPONENT, e);
+		goto spki;
+	}
+	/* EC and EdDSA: find our curve row by OpenSSL's name for it. */
+	const struct curve *c = NULL;
+	if (EVP_PKEY_is_a(pkey, "EC")) {
+		if (!EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL))
+			goto out;
+		int nid = OBJ_sn2nid(group);
+		if (nid == NID_undef)
+			nid = EC_curve_nist2nid(group);
+		for (size_t i = 0; i < KT_ARRAY_SIZE(curves); i++)
+			if (curves[i].kt == CKK_EC && curves[i].nid == nid)
+				c = &curves[i];
+		if (c && (!EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof(pt), &got) ||
+			  got != curve_point_len(c) || pt[0] != 0x04))
+			c = NULL;
+	} else {
+		for (size_t i = 0; i < KT_ARRAY_SIZE(curves); i++) {
+			if (curves[i].kt == CKK_EC_EDWARDS && EVP_PKEY_is_a(pkey, curves[i].name)) {
+				got = sizeof(pt);
+				if (EVP_PKEY_get_raw_public_key(pkey, pt, &got) && got == curves[i].len)
+					c = &curves[i];
+			}
+		}
+	}
+	if (!c) {
+		/* A key type this token does not serve (GOST, DSA, ...). */
+		rv = CKR_KEY_TYPE_INCONSISTENT;
+		goto out;
+	}
+	rv = attrs_set_ulong(a, CKA_KEY_TYPE, c->kt);
+	if (rv == CKR_OK)
+		rv = attrs_set(a, CKA_EC_PARAMS, c->oid, c->oid_len);
+	if (rv == CKR_OK)
+		rv = attr_set_octet_string(a, CKA_EC_POINT, pt, got);
+spki:
+	if (rv == CKR_OK)
+		rv = attrs_set(a, CKA_PUBLIC_KEY_INFO, der, len);
+out:
+	BN_free(n);
+	BN_free(e);
+	EVP_PKEY_free(pkey);
+	return rv;
+}

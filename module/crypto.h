@@ -71,6 +71,13 @@ CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key);
  * CKR_KEY_SIZE_RANGE, CKR_CURVE_NOT_SUPPORTED. */
 CK_RV crypto_check_key(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, struct attrs *a);
 
+/* The public-key attributes (CKA_KEY_TYPE, CKA_MODULUS, CKA_PUBLIC_EXPONENT,
+ * or CKA_EC_PARAMS, CKA_EC_POINT; CKA_PUBLIC_KEY_INFO) of a
+ * DER SubjectPublicKeyInfo, e.g. a certificate's.  CKR_KEY_TYPE_INCONSISTENT
+ * for key types this token does not serve, CKR_ATTRIBUTE_VALUE_INVALID for
+ * malformed DER. */
+CK_RV crypto_public_from_spki(const CK_BYTE *der, CK_ULONG len, struct attrs *a);
+
 /* Build the EVP_PKEY for a public or private key object (caller frees).
  * CKR_KEY_TYPE_INCONSISTENT for a key type not handled, CKR_FUNCTION_FAILED
  * for damaged material.  Import policy: RSA public keys 1024..16384 bits,

@@ -31,6 +31,7 @@ void session_table_abandon(void)
 void session_end_crypto(struct session *s)
 {
 	crypto_op_free(s->crypto.op);
+	free(s->crypto.cert);
 	memset(&s->crypto, 0, sizeof(s->crypto));
 }
 

@@ -30,6 +30,11 @@ struct crypto_state {
 	bool needs_context_login;   /* key has CKA_ALWAYS_AUTHENTICATE */
 	bool context_logged_in;
 	bool multi_part;            /* C_*Update was called */
+	/* The certificate bound to the signing key (same CKA_ID, same public
+	 * key), copied at C_SignInit for the checks before the signature. */
+	CK_BYTE *cert;
+	CK_ULONG cert_len;
+	bool cert_mismatch;         /* a qualified certificate with the key's CKA_ID names another key */
 };
 
 struct find_state {

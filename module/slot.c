@@ -760,3 +760,19 @@ CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out)
 	*out = o->pkey;
 	return CKR_OK;
 }
+
+void token_key_certificates(struct token *t, const struct object *key, token_cert_cb cb, void *ctx)
+{
+	const CK_ATTRIBUTE *id = attrs_get(key->attrs, CKA_ID);
+	const CK_ATTRIBUTE *spki = attrs_get(key->attrs, CKA_PUBLIC_KEY_INFO);
+	if (!id || id->ulValueLen == 0 || !t->buckets)
+		return;
+	uint64_t hv = hash_bytes(id->pValue, id->ulValueLen);
+	for (struct object *o = t->by_id[hv & (t->buckets - 1)]; o; o = o->next_id) {
+		if (o->cls != CKO_CERTIFICATE || !token_object_visible(t, o) || !attrs_match(o->attrs, id))
+			continue;
+		const CK_ATTRIBUTE *cert_spki = attrs_get(o->attrs, CKA_PUBLIC_KEY_INFO);
+		bool matches = spki && cert_spki && attrs_match(o->attrs, spki);
+		cb(ctx, o, matches);
+	}
+}

@@ -105,6 +105,14 @@ void token_drop_session_objects(struct token *t, CK_SESSION_HANDLE owner);
 /* The objects visible now that match the template, as handles. */
 CK_RV token_find(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG count,
 		 CK_OBJECT_HANDLE **out, size_t *n_out);
+/*
+ * The certificates a private key belongs to: those with the key's CKA_ID
+ * (non-empty).  For each, `cb` learns whether its public key is the key's.
+ * Certificates are public objects, so this works in any login state.
+ */
+typedef void (*token_cert_cb)(void *ctx, const struct object *cert, bool matches);
+void token_key_certificates(struct token *t, const struct object *key, token_cert_cb cb, void *ctx);
+
 /* The EVP_PKEY of a key object, built once and cached; a new reference. */
 CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out);
 
