@@ -11,6 +11,10 @@
 
 struct attrs;
 
+/* No attribute value is longer: larger lengths in a caller's template are
+ * errors (or CK_UNAVAILABLE_INFORMATION left over from a failed read). */
+#define ATTR_MAX_LEN ((CK_ULONG)64 * 1024 * 1024)
+
 struct attrs *attrs_new(void);
 void attrs_free(struct attrs *a);
 /* A deep copy; NULL when memory runs out. */

@@ -19,7 +19,8 @@
  * CKA_HASH_OF_ISSUER_PUBLIC_KEY (SHA-1 per PKCS#11; empty when the
  * certificate has no authority key identifier), CKA_NAME_HASH_ALGORITHM
  * (CKM_SHA_1), CKA_CHECK_VALUE (first 3 bytes of SHA-1 of the DER),
- * CKA_CERTIFICATE_CATEGORY (3 for a CA, 1 otherwise... see the code), and
+ * CKA_CERTIFICATE_CATEGORY (2, authority, for a CA; 0, unspecified, otherwise),
+ * and
  * every vendor attribute that applies.
  * Malformed DER (truncated, trailing bytes, garbage, absurd lengths, wrong
  * version) is CKR_ATTRIBUTE_VALUE_INVALID.

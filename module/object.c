@@ -4,8 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/x509.h>
-
+#include "certattrs.h"
 #include "crypto.h"
 #include "log.h"
 #include "token.h"
@@ -249,7 +248,7 @@ CK_RV object_template_read(const CK_ATTRIBUTE *tmpl, CK_ULONG count, struct attr
 		}
 		/* A value longer than any attribute could be is a hostile or
 		 * broken template; refuse before copying it. */
-		if (t->ulValueLen > (CK_ULONG)64 * 1024 * 1024) {
+		if (t->ulValueLen > ATTR_MAX_LEN) {
 			rv = CKR_ATTRIBUTE_VALUE_INVALID;
 			goto out;
 		}
@@ -374,56 +373,39 @@ static CK_RV fill_defaults(struct attrs *a, unsigned cbit, enum object_origin or
 	return rv;
 }
 
-/* A certificate's DER must be one whole X.509 certificate; the names and
- * serial the template leaves out come from it, and ones it gives must agree. */
+/* A certificate's DER must be one whole X.509 certificate.  What it says
+ * (names, serial, dates, key, the law's fields) becomes attributes; a value
+ * the template gives must agree with it.  Runs before the defaults are
+ * filled, so "given" means given by the application. */
 static CK_RV check_certificate(struct attrs *a)
 {
-	CK_RV rv = CKR_ATTRIBUTE_VALUE_INVALID;
+	CK_RV rv;
 	CK_ULONG ctype;
-	X509 *x = NULL;
-	unsigned char *der = NULL;
+	struct attrs *derived = NULL;
 
 	if (!attrs_get_ulong(a, CKA_CERTIFICATE_TYPE, &ctype))
 		return CKR_TEMPLATE_INCOMPLETE;
 	if (ctype != CKC_X_509)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	const CK_ATTRIBUTE *v = attrs_get(a, CKA_VALUE);
-	const unsigned char *p = v->pValue;
-	if (v->ulValueLen == 0 || v->ulValueLen > LONG_MAX)
-		goto out;
-	x = d2i_X509(NULL, &p, (long)v->ulValueLen);
-	if (!x || p != (const unsigned char *)v->pValue + v->ulValueLen)
-		goto out;
-
-	struct {
-		CK_ATTRIBUTE_TYPE type;
-		int len;
-	} fields[3];
-	unsigned char *enc[3] = { NULL, NULL, NULL };
-	fields[0].type = CKA_SUBJECT;
-	fields[0].len = i2d_X509_NAME(X509_get_subject_name(x), &enc[0]);
-	fields[1].type = CKA_ISSUER;
-	fields[1].len = i2d_X509_NAME(X509_get_issuer_name(x), &enc[1]);
-	fields[2].type = CKA_SERIAL_NUMBER;
-	fields[2].len = i2d_ASN1_INTEGER(X509_get0_serialNumber(x), &enc[2]);
-	rv = CKR_OK;
-	for (int i = 0; i < 3; i++) {
-		if (rv != CKR_OK || fields[i].len <= 0) {
-			rv = rv != CKR_OK ? rv : CKR_ATTRIBUTE_VALUE_INVALID;
+	if (!v)
+		return CKR_TEMPLATE_INCOMPLETE;
+	rv = certattrs_derive(v->pValue, v->ulValueLen, &derived);
+	if (rv != CKR_OK)
+		return rv;
+	for (size_t i = 0; i < attrs_count(derived) && rv == CKR_OK; i++) {
+		const CK_ATTRIBUTE *d = attrs_at(derived, i);
+		const CK_ATTRIBUTE *given = attrs_get(a, d->type);
+		/* The category says how the application uses the certificate
+		 * (its own, an authority's, another party's): its call. */
+		if (given && d->type == CKA_CERTIFICATE_CATEGORY)
 			continue;
-		}
-		const CK_ATTRIBUTE *given = attrs_get(a, fields[i].type);
 		if (!given || given->ulValueLen == 0)
-			rv = attrs_set(a, fields[i].type, enc[i], (CK_ULONG)fields[i].len);
-		else if (given->ulValueLen != (CK_ULONG)fields[i].len ||
-			 memcmp(given->pValue, enc[i], given->ulValueLen) != 0)
+			rv = attrs_set(a, d->type, d->pValue, d->ulValueLen);
+		else if (!attrs_match(derived, given))
 			rv = CKR_TEMPLATE_INCONSISTENT;
 	}
-	for (int i = 0; i < 3; i++)
-		OPENSSL_free(enc[i]);
-out:
-	OPENSSL_free(der);
-	X509_free(x);
+	attrs_free(derived);
 	return rv;
 }
 
@@ -479,6 +461,8 @@ CK_RV object_build(struct attrs *a, enum object_origin origin, CK_OBJECT_CLASS c
 	for (size_t i = 0; i < attrs_count(a); i++) {
 		const CK_ATTRIBUTE *at = attrs_at(a, i);
 		const struct attr_rule *r = rule_find(at->type, cbit, kbit);
+		if (!r && cbit == C_CERT && certattrs_is_derived(at->type))
+			return CKR_ATTRIBUTE_READ_ONLY;
 		if (!r) {
 			kt_debug(KT_DBG_OBJECT, "%s (0x%lx) not valid for class 0x%lx",
 				 kt_attr_name(at->type), at->type, cls);
@@ -510,11 +494,14 @@ CK_RV object_build(struct attrs *a, enum object_origin origin, CK_OBJECT_CLASS c
 		}
 	}
 
+	if (origin == ORIGIN_CREATE && cbit == C_CERT) {
+		rv = check_certificate(a);
+		if (rv != CKR_OK)
+			return rv;
+	}
 	rv = fill_defaults(a, cbit, origin, gen_mech);
 	if (rv != CKR_OK)
 		return rv;
-	if (origin == ORIGIN_CREATE && cbit == C_CERT)
-		return check_certificate(a);
 	if (origin == ORIGIN_CREATE && (cbit & C_KEY))
 		return crypto_check_key(cls, kt, a);
 	return CKR_OK;
@@ -536,7 +523,9 @@ CK_RV object_modify(struct attrs *a, const struct attrs *tmpl, bool copy,
 		const CK_ATTRIBUTE *t = attrs_at(tmpl, i);
 		const struct attr_rule *r = rule_find(t->type, cbit, kbit);
 		if (!r)
-			return rule_known(t->type) ? CKR_ATTRIBUTE_READ_ONLY : CKR_ATTRIBUTE_TYPE_INVALID;
+			return rule_known(t->type) || (cbit == C_CERT && certattrs_is_derived(t->type))
+				       ? CKR_ATTRIBUTE_READ_ONLY
+				       : CKR_ATTRIBUTE_TYPE_INVALID;
 		rv = check_value(r, t);
 		if (rv != CKR_OK)
 			return rv;
@@ -548,6 +537,11 @@ CK_RV object_modify(struct attrs *a, const struct attrs *tmpl, bool copy,
 		if (copy && t->type == CKA_MODIFIABLE && !attrs_bool(tmpl, CKA_MODIFIABLE, true))
 			allowed = true;
 		if (!allowed)
+			return CKR_ATTRIBUTE_READ_ONLY;
+		/* A copy may not turn a private or secret key into a public
+		 * object: that would outlive the login that guards it. */
+		if (t->type == CKA_PRIVATE && (cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY) &&
+		    !attrs_bool(tmpl, CKA_PRIVATE, true) && attrs_bool(a, CKA_PRIVATE, true))
 			return CKR_ATTRIBUTE_READ_ONLY;
 		if (r->kind == V_BOOL) {
 			bool now = attrs_bool(tmpl, t->type, false);

@@ -7,16 +7,21 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 #include "config.h"
 #include "crypto.h"
 #include "log.h"
+#include "certattrs.h"
 #include "object.h"
+#include "policy/certcheck.h"
 #include "session.h"
 #include "slot.h"
 
 #define KT_EXPORT __attribute__((visibility("default")))
+
+#define PIN_MAX_LEN 255
 
 #define LIBRARY_VERSION_MAJOR 0
 #define LIBRARY_VERSION_MINOR 1
@@ -29,9 +34,26 @@ static bool initialized;
  * C_Initialize itself, as PKCS#11 asks. */
 static bool forked;
 static struct config *config;
+/* The law's certificate checks, read-only after C_Initialize. */
+static struct certcheck *checker;
+
+/*
+ * Every call holds this shared for its whole length; C_Finalize takes it
+ * exclusively, so it waits for calls in flight instead of freeing state
+ * under them (PKCS#11 leaves that case undefined; applications finalize
+ * from exit handlers while other threads still run).
+ */
+/* Writer-preferring, or a steady stream of calls from other threads
+ * could keep C_Finalize waiting for ever.  No call takes it twice. */
+#define CALL_GUARD_INIT PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+static pthread_rwlock_t call_guard = CALL_GUARD_INIT;
 
 static void atfork_child(void)
 {
+	/* Another thread may have held the guard at fork time; it does not
+	 * exist in the child. */
+	pthread_rwlock_t fresh = CALL_GUARD_INIT;
+	call_guard = fresh;
 	if (initialized)
 		forked = true;
 }
@@ -48,13 +70,38 @@ static CK_RV ready(void)
 	return CKR_OK;
 }
 
-/* Every session-based call starts here: the session comes back locked. */
-static CK_RV begin(CK_SESSION_HANDLE h, struct session **s)
+/* Every call but C_Initialize/C_Finalize runs between enter() and leave(). */
+static CK_RV enter(void)
 {
+	pthread_rwlock_rdlock(&call_guard);
 	CK_RV rv = ready();
 	if (rv != CKR_OK)
+		pthread_rwlock_unlock(&call_guard);
+	return rv;
+}
+
+static void leave(void)
+{
+	pthread_rwlock_unlock(&call_guard);
+}
+
+/* Every session-based call starts here: the session comes back locked;
+ * end() gives it back. */
+static CK_RV begin(CK_SESSION_HANDLE h, struct session **s)
+{
+	CK_RV rv = enter();
+	if (rv != CKR_OK)
 		return rv;
-	return session_get(h, s);
+	rv = session_get(h, s);
+	if (rv != CKR_OK)
+		leave();
+	return rv;
+}
+
+static void end(struct session *s)
+{
+	session_put(s);
+	leave();
 }
 
 /* --- state predicates (style.md 3): one per kind of need ----------------- */
@@ -79,6 +126,15 @@ static struct object_actor actor_of(const struct session *s)
 {
 	struct object_actor a = { .so = s->token->login == CKU_SO };
 	return a;
+}
+
+/* A PIN of a length no PIN can have is wrong without a KDF run (and
+ * without reading that many bytes of the caller's memory).  Not counted:
+ * it is not a guess.  The bounds are wider than the configured ones so a
+ * PIN set under an older configuration still works. */
+static bool pin_len_plausible(CK_ULONG len)
+{
+	return len >= 1 && len <= PIN_MAX_LEN;
 }
 
 static CK_RV check_pin_len(CK_ULONG len)
@@ -110,8 +166,32 @@ static void state_reset(void)
 {
 	session_table_free();
 	slot_table_free();
+	certcheck_free(checker);
+	checker = NULL;
+	certattrs_reset();
 	config_free(config);
 	config = NULL;
+}
+
+/* What configuration says about certificates: extra OIDs for the attribute
+ * table, the trust list and the CRLs. */
+static CK_RV policy_init(const struct config *c)
+{
+	for (size_t i = 0; i < c->n_oids; i++) {
+		if (certattrs_add_oid(c->oids[i].name, c->oids[i].oid) != CKR_OK) {
+			kt_log("%s: [profile] oid.%s: unknown name or malformed OID", c->source,
+			       c->oids[i].name);
+			return CKR_GENERAL_ERROR;
+		}
+	}
+	struct certcheck_config cc = {
+		.trust_list = c->trust_list,
+		.crl_dir = c->crl_dir,
+		.crl_files = (const char **)c->crl_files,
+		.crl_max_age = c->crl_max_age,
+		.allow_unknown_revocation = c->allow_unknown_revocation,
+	};
+	return certcheck_new(&cc, &checker);
 }
 
 static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
@@ -156,7 +236,9 @@ static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
 		goto out;
 	}
 	session_table_init();
-	rv = slot_table_init(config);
+	rv = policy_init(config);
+	if (rv == CKR_OK)
+		rv = slot_table_init(config);
 	if (rv != CKR_OK) {
 		state_reset();
 		goto out;
@@ -174,20 +256,19 @@ static CK_RV kt_Finalize(CK_VOID_PTR pReserved)
 	if (pReserved)
 		return CKR_ARGUMENTS_BAD;
 	pthread_mutex_lock(&init_lock);
+	pthread_rwlock_wrlock(&call_guard);
 	rv = ready();
 	if (rv == CKR_OK) {
 		__atomic_store_n(&initialized, false, __ATOMIC_RELEASE);
 		state_reset();
 	}
+	pthread_rwlock_unlock(&call_guard);
 	pthread_mutex_unlock(&init_lock);
 	return rv;
 }
 
-static CK_RV get_info(CK_INFO_PTR pInfo, CK_BYTE major, CK_BYTE minor)
+static CK_RV get_info_entered(CK_INFO_PTR pInfo, CK_BYTE major, CK_BYTE minor)
 {
-	CK_RV rv = ready();
-	if (rv != CKR_OK)
-		return rv;
 	if (!pInfo)
 		return CKR_ARGUMENTS_BAD;
 	memset(pInfo, 0, sizeof(*pInfo));
@@ -199,6 +280,16 @@ static CK_RV get_info(CK_INFO_PTR pInfo, CK_BYTE major, CK_BYTE minor)
 	pInfo->libraryVersion.major = LIBRARY_VERSION_MAJOR;
 	pInfo->libraryVersion.minor = LIBRARY_VERSION_MINOR;
 	return CKR_OK;
+}
+
+static CK_RV get_info(CK_INFO_PTR pInfo, CK_BYTE major, CK_BYTE minor)
+{
+	CK_RV rv = enter();
+	if (rv != CKR_OK)
+		return rv;
+	rv = get_info_entered(pInfo, major, minor);
+	leave();
+	return rv;
 }
 
 /* The same library answers as 2.40 through the 2.40 list and as 3.0
@@ -215,11 +306,9 @@ static CK_RV kt_GetInfo_30(CK_INFO_PTR pInfo)
 
 /* --- slots and tokens --------------------------------------------------- */
 
-static CK_RV kt_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
+static CK_RV kt_GetSlotList_entered(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
 {
-	CK_RV rv = ready();
-	if (rv != CKR_OK)
-		return rv;
+	CK_RV rv = CKR_OK;
 	if (!pulCount)
 		return CKR_ARGUMENTS_BAD;
 	/* A size query is where applications expect the list to change:
@@ -244,11 +333,18 @@ static CK_RV kt_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_
 	return rv;
 }
 
-static CK_RV kt_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
+static CK_RV kt_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
 {
-	CK_RV rv = ready();
+	CK_RV rv = enter();
 	if (rv != CKR_OK)
 		return rv;
+	rv = kt_GetSlotList_entered(tokenPresent, pSlotList, pulCount);
+	leave();
+	return rv;
+}
+
+static CK_RV kt_GetSlotInfo_entered(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
+{
 	if (!pInfo)
 		return CKR_ARGUMENTS_BAD;
 	struct token *t = slot_get(slotID);
@@ -267,6 +363,16 @@ static CK_RV kt_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
 	return CKR_OK;
 }
 
+static CK_RV kt_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
+{
+	CK_RV rv = enter();
+	if (rv != CKR_OK)
+		return rv;
+	rv = kt_GetSlotInfo_entered(slotID, pInfo);
+	leave();
+	return rv;
+}
+
 static CK_FLAGS pin_flags(CK_ULONG fails, CK_ULONG max, CK_FLAGS low, CK_FLAGS final,
 			  CK_FLAGS locked)
 {
@@ -279,11 +385,9 @@ static CK_FLAGS pin_flags(CK_ULONG fails, CK_ULONG max, CK_FLAGS low, CK_FLAGS f
 	return low;
 }
 
-static CK_RV kt_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
+static CK_RV kt_GetTokenInfo_entered(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 {
-	CK_RV rv = ready();
-	if (rv != CKR_OK)
-		return rv;
+	CK_RV rv = CKR_OK;
 	if (!pInfo)
 		return CKR_ARGUMENTS_BAD;
 	struct token *t = slot_get(slotID);
@@ -338,11 +442,19 @@ out:
 	return rv;
 }
 
-static CK_RV kt_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList, CK_ULONG_PTR pulCount)
+static CK_RV kt_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 {
-	CK_RV rv = ready();
+	CK_RV rv = enter();
 	if (rv != CKR_OK)
 		return rv;
+	rv = kt_GetTokenInfo_entered(slotID, pInfo);
+	leave();
+	return rv;
+}
+
+static CK_RV kt_GetMechanismList_entered(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList, CK_ULONG_PTR pulCount)
+{
+	CK_RV rv = CKR_OK;
 	if (!pulCount)
 		return CKR_ARGUMENTS_BAD;
 	if (!slot_get(slotID))
@@ -359,11 +471,18 @@ static CK_RV kt_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList,
 	return rv;
 }
 
-static CK_RV kt_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo)
+static CK_RV kt_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList, CK_ULONG_PTR pulCount)
 {
-	CK_RV rv = ready();
+	CK_RV rv = enter();
 	if (rv != CKR_OK)
 		return rv;
+	rv = kt_GetMechanismList_entered(slotID, pList, pulCount);
+	leave();
+	return rv;
+}
+
+static CK_RV kt_GetMechanismInfo_entered(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo)
+{
 	if (!pInfo)
 		return CKR_ARGUMENTS_BAD;
 	if (!slot_get(slotID))
@@ -377,11 +496,19 @@ static CK_RV kt_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_M
 	return CKR_OK;
 }
 
-static CK_RV kt_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel)
+static CK_RV kt_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo)
 {
-	CK_RV rv = ready();
+	CK_RV rv = enter();
 	if (rv != CKR_OK)
 		return rv;
+	rv = kt_GetMechanismInfo_entered(slotID, type, pInfo);
+	leave();
+	return rv;
+}
+
+static CK_RV kt_InitToken_entered(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel)
+{
+	CK_RV rv = CKR_OK;
 	if (!pLabel || !pPin)
 		return CKR_ARGUMENTS_BAD;
 	struct token *t = slot_get(slotID);
@@ -406,6 +533,16 @@ static CK_RV kt_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPi
 	return rv;
 }
 
+static CK_RV kt_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel)
+{
+	CK_RV rv = enter();
+	if (rv != CKR_OK)
+		return rv;
+	rv = kt_InitToken_entered(slotID, pPin, ulPinLen, pLabel);
+	leave();
+	return rv;
+}
+
 static CK_RV kt_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
 {
 	struct session *s;
@@ -423,7 +560,7 @@ static CK_RV kt_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULO
 		rv = token_init_pin(s->token, pPin, ulPinLen);
 	token_unlock(s->token);
 out:
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -438,6 +575,8 @@ static CK_RV kt_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_U
 		rv = CKR_ARGUMENTS_BAD;
 	else if (!session_is_rw(s))
 		rv = CKR_SESSION_READ_ONLY;
+	else if (!pin_len_plausible(ulOldLen))
+		rv = CKR_PIN_INCORRECT;
 	else
 		rv = check_pin_len(ulNewLen);
 	if (rv == CKR_OK) {
@@ -448,18 +587,16 @@ static CK_RV kt_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_U
 		rv = token_set_pin(t, who, pOldPin, ulOldLen, pNewPin, ulNewLen);
 		token_unlock(t);
 	}
-	session_put(s);
+	end(s);
 	return rv;
 }
 
 /* --- sessions ----------------------------------------------------------- */
 
-static CK_RV kt_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
+static CK_RV kt_OpenSession_entered(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
 			    CK_SESSION_HANDLE_PTR phSession)
 {
-	CK_RV rv = ready();
-	if (rv != CKR_OK)
-		return rv;
+	CK_RV rv = CKR_OK;
 	if (!phSession)
 		return CKR_ARGUMENTS_BAD;
 	/* Legacy rule: every session is serial; parallel ones do not exist. */
@@ -482,24 +619,49 @@ static CK_RV kt_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pAppl
 	return rv;
 }
 
-static CK_RV kt_CloseSession(CK_SESSION_HANDLE hSession)
+static CK_RV kt_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
+			    CK_SESSION_HANDLE_PTR phSession)
 {
-	CK_RV rv = ready();
+	CK_RV rv = enter();
 	if (rv != CKR_OK)
 		return rv;
+	rv = kt_OpenSession_entered(slotID, flags, pApplication, Notify, phSession);
+	leave();
+	return rv;
+}
+
+static CK_RV kt_CloseSession_entered(CK_SESSION_HANDLE hSession)
+{
 	return session_close(hSession);
 }
 
-static CK_RV kt_CloseAllSessions(CK_SLOT_ID slotID)
+static CK_RV kt_CloseSession(CK_SESSION_HANDLE hSession)
 {
-	CK_RV rv = ready();
+	CK_RV rv = enter();
 	if (rv != CKR_OK)
 		return rv;
+	rv = kt_CloseSession_entered(hSession);
+	leave();
+	return rv;
+}
+
+static CK_RV kt_CloseAllSessions_entered(CK_SLOT_ID slotID)
+{
 	struct token *t = slot_get(slotID);
 	if (!t)
 		return CKR_SLOT_ID_INVALID;
 	session_close_all(t);
 	return CKR_OK;
+}
+
+static CK_RV kt_CloseAllSessions(CK_SLOT_ID slotID)
+{
+	CK_RV rv = enter();
+	if (rv != CKR_OK)
+		return rv;
+	rv = kt_CloseAllSessions_entered(slotID);
+	leave();
+	return rv;
 }
 
 static CK_RV kt_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
@@ -509,7 +671,7 @@ static CK_RV kt_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR p
 	if (rv != CKR_OK)
 		return rv;
 	if (!pInfo) {
-		session_put(s);
+		end(s);
 		return CKR_ARGUMENTS_BAD;
 	}
 	token_lock(s->token);
@@ -518,7 +680,7 @@ static CK_RV kt_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR p
 	token_unlock(s->token);
 	pInfo->flags = s->flags;
 	pInfo->ulDeviceError = 0;
-	session_put(s);
+	end(s);
 	return CKR_OK;
 }
 
@@ -528,7 +690,7 @@ static CK_RV kt_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pState
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	session_put(s);
+	end(s);
 	return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
@@ -539,7 +701,7 @@ static CK_RV kt_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pState
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	session_put(s);
+	end(s);
 	return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
@@ -551,6 +713,8 @@ static CK_RV login_context(struct session *s, CK_UTF8CHAR_PTR pin, CK_ULONG len)
 		return CKR_OPERATION_NOT_INITIALIZED;
 	if (t->login != CKU_USER)
 		return CKR_USER_NOT_LOGGED_IN;
+	if (!pin_len_plausible(len))
+		return CKR_PIN_INCORRECT;
 	CK_RV rv = token_check_pin(t, CKU_USER, pin, len);
 	if (rv == CKR_OK)
 		s->crypto.context_logged_in = true;
@@ -578,10 +742,12 @@ static CK_RV kt_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8
 		rv = CKR_USER_ANOTHER_ALREADY_LOGGED_IN;
 	else if (userType == CKU_SO && t->sessions > t->rw_sessions)
 		rv = CKR_SESSION_READ_ONLY_EXISTS;
+	else if (!pin_len_plausible(ulPinLen))
+		rv = CKR_PIN_INCORRECT;
 	else
 		rv = token_login(t, userType, pPin, ulPinLen);
 	token_unlock(t);
-	session_put(s);
+	end(s);
 	kt_debug(KT_DBG_SESSION, "C_Login(%lu) = %s", userType, kt_rv_name(rv));
 	return rv;
 }
@@ -598,7 +764,7 @@ static CK_RV kt_Logout(CK_SESSION_HANDLE hSession)
 	else
 		token_logout(s->token);
 	token_unlock(s->token);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -613,6 +779,58 @@ static CK_RV object_store(struct session *s, struct attrs *a, CK_OBJECT_HANDLE *
 		return rv;
 	}
 	return token_object_add(s->token, s->handle, a, out);
+}
+
+/*
+ * Applications look for a public key object beside a certificate and its
+ * private key (p11tool --test-sign, keystores that pair entries by CKA_ID).
+ * When a certificate arrives with a CKA_ID and the token has no public key
+ * with that id, one is made from the certificate.  Best effort: the
+ * certificate is stored whatever happens here.
+ */
+static void companion_public_key(struct session *s, CK_OBJECT_HANDLE cert_handle)
+{
+	struct token *t = s->token;
+	struct object *cert = token_object_get(t, cert_handle);
+	CK_OBJECT_HANDLE *found = NULL, h;
+	size_t n = 0;
+	struct attrs *a = NULL;
+	if (!cert || cert->cls != CKO_CERTIFICATE)
+		return;
+	const CK_ATTRIBUTE *id = attrs_get(cert->attrs, CKA_ID);
+	const CK_ATTRIBUTE *spki = attrs_get(cert->attrs, CKA_PUBLIC_KEY_INFO);
+	if (!id || !id->ulValueLen || !spki || !spki->ulValueLen)
+		return;
+	CK_OBJECT_CLASS pub = CKO_PUBLIC_KEY;
+	CK_ATTRIBUTE want[] = { { CKA_CLASS, &pub, sizeof(pub) }, { CKA_ID, id->pValue, id->ulValueLen } };
+	if (token_find(t, want, KT_ARRAY_SIZE(want), &found, &n) != CKR_OK || n > 0)
+		goto out;
+	a = attrs_new();
+	if (!a)
+		goto out;
+	const CK_ATTRIBUTE *label = attrs_get(cert->attrs, CKA_LABEL);
+	struct object_actor who = actor_of(s);
+	CK_RV rv = attrs_set_ulong(a, CKA_CLASS, CKO_PUBLIC_KEY);
+	if (rv == CKR_OK)
+		rv = attrs_set_bool(a, CKA_TOKEN, object_is_token(cert->attrs));
+	if (rv == CKR_OK)
+		rv = attrs_set_bool(a, CKA_PRIVATE, false);
+	if (rv == CKR_OK)
+		rv = attrs_set(a, CKA_ID, id->pValue, id->ulValueLen);
+	if (rv == CKR_OK && label)
+		rv = attrs_set(a, CKA_LABEL, label->pValue, label->ulValueLen);
+	if (rv == CKR_OK)
+		rv = crypto_public_from_spki(spki->pValue, spki->ulValueLen, a);
+	if (rv == CKR_OK)
+		rv = object_build(a, ORIGIN_CREATE, 0, 0, 0, &who);
+	if (rv == CKR_OK) {
+		rv = token_object_add(t, cert->owner ? cert->owner : s->handle, a, &h);
+		a = NULL;
+	}
+	kt_debug(KT_DBG_OBJECT, "public key beside certificate %lu: %s", cert_handle, kt_rv_name(rv));
+out:
+	attrs_free(a);
+	free(found);
 }
 
 static CK_RV kt_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
@@ -639,10 +857,12 @@ static CK_RV kt_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTempl
 		rv = object_store(s, a, phObject);
 		a = NULL;
 	}
+	if (rv == CKR_OK)
+		companion_public_key(s, *phObject);
 	token_unlock(s->token);
 out:
 	attrs_free(a);
-	session_put(s);
+	end(s);
 	kt_debug(KT_DBG_OBJECT, "C_CreateObject = %s", kt_rv_name(rv));
 	return rv;
 }
@@ -685,7 +905,7 @@ static CK_RV kt_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 out:
 	attrs_free(copy);
 	attrs_free(tmpl);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -707,7 +927,7 @@ static CK_RV kt_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObje
 	if (rv == CKR_OK)
 		rv = token_object_destroy(s->token, o);
 	token_unlock(s->token);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -727,7 +947,7 @@ static CK_RV kt_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObje
 	else if (rv == CKR_OK)
 		*pulSize = object_size(o->attrs);
 	token_unlock(s->token);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -748,7 +968,7 @@ static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE h
 	else if (rv == CKR_OK)
 		rv = object_get_attributes(o->attrs, o->complete, pTemplate, ulCount);
 	token_unlock(s->token);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -788,7 +1008,7 @@ static CK_RV kt_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE h
 out:
 	attrs_free(next);
 	attrs_free(tmpl);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -813,7 +1033,7 @@ static CK_RV kt_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTe
 			s->find.pos = 0;
 		}
 	}
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -834,7 +1054,7 @@ static CK_RV kt_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phO
 			phObject[n++] = s->find.handles[s->find.pos++];
 		*pulObjectCount = n;
 	}
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -848,7 +1068,7 @@ static CK_RV kt_FindObjectsFinal(CK_SESSION_HANDLE hSession)
 		rv = CKR_OPERATION_NOT_INITIALIZED;
 	else
 		session_end_find(s);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -860,7 +1080,7 @@ static CK_RV unsupported_session_call(CK_SESSION_HANDLE hSession)
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	session_put(s);
+	end(s);
 	return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
@@ -970,7 +1190,7 @@ static CK_RV kt_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechani
 		s->crypto.kind = OP_DIGEST;
 		s->crypto.mech = mi;
 	}
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1006,7 +1226,7 @@ static CK_RV kt_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG u
 		session_end_crypto(s);
 	} else
 		rv = crypto_output(s, pData, ulDataLen, true, pDigest, pulDigestLen, NULL);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1023,11 +1243,10 @@ static CK_RV crypto_update(CK_SESSION_HANDLE hSession, enum op_kind kind, CK_BYT
 			rv = CKR_ARGUMENTS_BAD;
 		else
 			rv = crypto_op_update(s->crypto.op, pPart, ulPartLen);
-		s->crypto.multi_part = true;
 		if (rv != CKR_OK)
 			session_end_crypto(s);
 	}
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1049,7 +1268,7 @@ static CK_RV kt_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_
 		session_end_crypto(s);
 	} else
 		rv = crypto_output(s, NULL, 0, false, pDigest, pulDigestLen, NULL);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1063,6 +1282,35 @@ static bool mechanism_allowed(const struct attrs *key, CK_MECHANISM_TYPE type)
 		if (list[i] == type)
 			return true;
 	return false;
+}
+
+struct binding {
+	struct crypto_state *c;
+	CK_RV rv;
+};
+
+/* Remember the certificate a signing key belongs to, and whether a
+ * qualified certificate with its CKA_ID names some other key. */
+static void bind_certificate(void *ctx, const struct object *cert, bool matches)
+{
+	struct binding *b = ctx;
+	const CK_ATTRIBUTE *der = attrs_get(cert->attrs, CKA_VALUE);
+	if (!der || b->rv != CKR_OK)
+		return;
+	if (!matches) {
+		if (certcheck_is_qualified(checker, der->pValue, der->ulValueLen))
+			b->c->cert_mismatch = true;
+		return;
+	}
+	if (b->c->cert)
+		return;
+	b->c->cert = malloc(der->ulValueLen);
+	if (!b->c->cert) {
+		b->rv = CKR_HOST_MEMORY;
+		return;
+	}
+	memcpy(b->c->cert, der->pValue, der->ulValueLen);
+	b->c->cert_len = der->ulValueLen;
 }
 
 /* C_SignInit and C_VerifyInit: find the key, check it may do this with
@@ -1101,6 +1349,11 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 		rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
 	} else if (!mechanism_allowed(key->attrs, m->mechanism)) {
 		rv = CKR_MECHANISM_INVALID;
+	} else if (sign && !logged_in_user(t)) {
+		/* A private key signs for its holder only, whatever its
+		 * CKA_PRIVATE says: PKCS#11 would allow a "public" private
+		 * key, the law's sole control does not. */
+		rv = CKR_USER_NOT_LOGGED_IN;
 	} else {
 		rv = token_object_pkey(t, key, &pkey);
 	}
@@ -1110,20 +1363,24 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 		s->crypto.login_epoch = t->login_epoch;
 		s->crypto.needs_context_login =
 			sign && attrs_bool(key->attrs, CKA_ALWAYS_AUTHENTICATE, false);
+		if (sign) {
+			struct binding b = { .c = &s->crypto, .rv = CKR_OK };
+			token_key_certificates(t, key, bind_certificate, &b);
+			rv = b.rv;
+		}
 	}
 	token_unlock(t);
-	if (rv != CKR_OK)
-		goto out;
-	rv = crypto_sign_init(mi, m, pkey, sign, &s->crypto.op);
+	if (rv == CKR_OK)
+		rv = crypto_sign_init(mi, m, pkey, sign, &s->crypto.op);
 	if (rv != CKR_OK) {
-		memset(&s->crypto, 0, sizeof(s->crypto));
+		session_end_crypto(s);
 		goto out;
 	}
 	s->crypto.kind = sign ? OP_SIGN : OP_VERIFY;
 	s->crypto.mech = mi;
 out:
 	EVP_PKEY_free(pkey);
-	session_put(s);
+	end(s);
 	kt_debug(KT_DBG_CRYPTO, "C_%sInit(%s, key %lu) = %s", sign ? "Sign" : "Verify",
 		 m ? kt_mech_name(m->mechanism) : "NULL", hKey, kt_rv_name(rv));
 	return rv;
@@ -1134,12 +1391,32 @@ static CK_RV kt_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
 	return key_op_init(hSession, pMechanism, hKey, true);
 }
 
+/* The law's checks of the key's certificate (art. 11): a key bound to a
+ * qualified certificate signs only while that certificate is valid,
+ * unrevoked, allows signing and comes from an accredited centre. */
+static CK_RV certificate_gate(const struct session *s)
+{
+	const struct crypto_state *c = &s->crypto;
+	char why[256] = "";
+	if (c->cert_mismatch) {
+		kt_log("signature refused: a qualified certificate with the key's CKA_ID holds another public key");
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	}
+	if (!c->cert)
+		return CKR_OK;
+	enum certcheck_verdict v = certcheck_judge(checker, c->cert, c->cert_len, time(NULL), why, sizeof(why));
+	if (v == CERTCHECK_OK || v == CERTCHECK_NOT_QUALIFIED)
+		return CKR_OK;
+	kt_log("signature refused (%s): %s", certcheck_verdict_name(v), why);
+	return CKR_KEY_FUNCTION_NOT_PERMITTED;
+}
+
 /*
  * The last step before a private key signs: everything that may refuse a
- * signature goes here, so no signing path can skip it.  Today: the login
- * the operation started under still holds, and a key that demands per-use
- * authentication got it.  The policy layer (certificate checks,
- * confirmation by the signer, audit) plugs in at this point.
+ * signature goes here, so no signing path can skip it: the login the
+ * operation started under still holds, a key that demands per-use
+ * authentication got it, the key's certificate passes the law's checks.
+ * The signer's confirmation and the audit record plug in here too.
  */
 static CK_RV sign_gate(struct session *s)
 {
@@ -1149,7 +1426,7 @@ static CK_RV sign_gate(struct session *s)
 		return CKR_USER_NOT_LOGGED_IN;
 	if (c->needs_context_login && !c->context_logged_in)
 		return CKR_USER_NOT_LOGGED_IN;
-	return CKR_OK;
+	return certificate_gate(s);
 }
 
 static CK_RV kt_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
@@ -1166,7 +1443,7 @@ static CK_RV kt_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulD
 		session_end_crypto(s);
 	} else
 		rv = crypto_output(s, pData, ulDataLen, true, pSignature, pulSignatureLen, sign_gate);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1188,7 +1465,7 @@ static CK_RV kt_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK
 		session_end_crypto(s);
 	} else
 		rv = crypto_output(s, NULL, 0, false, pSignature, pulSignatureLen, sign_gate);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1217,7 +1494,7 @@ static CK_RV verify_finish(CK_SESSION_HANDLE hSession, const CK_BYTE *data, CK_U
 					      len, sig, sig_len);
 		session_end_crypto(s);
 	}
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1289,7 +1566,7 @@ static CK_RV kt_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 	token_unlock(s->token);
 out:
 	attrs_free(a);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1350,7 +1627,7 @@ static CK_RV kt_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMe
 out:
 	attrs_free(pub);
 	attrs_free(priv);
-	session_put(s);
+	end(s);
 	kt_debug(KT_DBG_CRYPTO, "C_GenerateKeyPair(%s) = %s",
 		 pMechanism ? kt_mech_name(pMechanism->mechanism) : "NULL", kt_rv_name(rv));
 	return rv;
@@ -1409,7 +1686,7 @@ static CK_RV kt_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 	}
 	token_unlock(t);
 out:
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1489,7 +1766,7 @@ static CK_RV kt_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanis
 out:
 	kt_free_secret(value, value_len);
 	attrs_free(a);
-	session_put(s);
+	end(s);
 	return rv;
 }
 
@@ -1501,7 +1778,7 @@ static CK_RV kt_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULO
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	session_put(s);
+	end(s);
 	/* OpenSSL seeds itself from the OS; a caller's seed adds nothing. */
 	return !pSeed && ulSeedLen ? CKR_ARGUMENTS_BAD : CKR_RANDOM_SEED_NOT_SUPPORTED;
 }
@@ -1512,7 +1789,7 @@ static CK_RV kt_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandom, 
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	session_put(s);
+	end(s);
 	if (!pRandom && ulRandomLen)
 		return CKR_ARGUMENTS_BAD;
 	return ulRandomLen ? crypto_random(pRandom, ulRandomLen) : CKR_OK;
@@ -1524,7 +1801,7 @@ static CK_RV kt_GetFunctionStatus(CK_SESSION_HANDLE hSession)
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	session_put(s);
+	end(s);
 	return CKR_FUNCTION_NOT_PARALLEL;
 }
 
@@ -1533,15 +1810,22 @@ static CK_RV kt_CancelFunction(CK_SESSION_HANDLE hSession)
 	return kt_GetFunctionStatus(hSession);
 }
 
-static CK_RV kt_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
+static CK_RV kt_WaitForSlotEvent_entered(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
 {
-	CK_RV rv = ready();
-	if (rv != CKR_OK)
-		return rv;
 	if (!pSlot || pReserved)
 		return CKR_ARGUMENTS_BAD;
 	/* File tokens are never inserted or removed. */
 	return (flags & CKF_DONT_BLOCK) ? CKR_NO_EVENT : CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+static CK_RV kt_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
+{
+	CK_RV rv = enter();
+	if (rv != CKR_OK)
+		return rv;
+	rv = kt_WaitForSlotEvent_entered(flags, pSlot, pReserved);
+	leave();
+	return rv;
 }
 
 /* --- PKCS#11 3.0 additions ---------------------------------------------- */
@@ -1551,8 +1835,11 @@ static CK_RV kt_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_
 {
 	/* Tokens here have no user names: only the plain login exists. */
 	if (pUsername && ulUsernameLen) {
-		CK_RV rv = ready();
-		return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
+		CK_RV rv = enter();
+		if (rv != CKR_OK)
+			return rv;
+		leave();
+		return CKR_FUNCTION_NOT_SUPPORTED;
 	}
 	return kt_Login(hSession, userType, pPin, ulPinLen);
 }
@@ -1569,7 +1856,7 @@ static CK_RV kt_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
 	    ((flags & CKF_VERIFY) && s->crypto.kind == OP_VERIFY) ||
 	    ((flags & CKF_DIGEST) && s->crypto.kind == OP_DIGEST))
 		session_end_crypto(s);
-	session_put(s);
+	end(s);
 	return CKR_OK;
 }
 

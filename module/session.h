@@ -29,7 +29,6 @@ struct crypto_state {
 	unsigned long login_epoch;  /* token login epoch at init */
 	bool needs_context_login;   /* key has CKA_ALWAYS_AUTHENTICATE */
 	bool context_logged_in;
-	bool multi_part;            /* C_*Update was called */
 	/* The certificate bound to the signing key (same CKA_ID, same public
 	 * key), copied at C_SignInit for the checks before the signature. */
 	CK_BYTE *cert;

@@ -250,15 +250,23 @@ static void token_open(struct token *t)
 		token_reload(t);
 }
 
-static CK_RV slot_append(struct token *t)
+static CK_RV slot_push(struct token *t)
 {
 	struct token **s = realloc(slots, (n_slots + 1) * sizeof(*s));
 	if (!s)
 		return CKR_HOST_MEMORY;
 	slots = s;
-	t->slot_id = next_slot_id++;
 	slots[n_slots++] = t;
 	return CKR_OK;
+}
+
+/* A new slot, with the next slot id. */
+static CK_RV slot_append(struct token *t)
+{
+	CK_RV rv = slot_push(t);
+	if (rv == CKR_OK)
+		t->slot_id = next_slot_id++;
+	return rv;
 }
 
 static bool slot_has_path(const char *path)
@@ -275,7 +283,8 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* Add the store directory's tokens not yet in the table, in name order
- * (names start with the creation time, so slot ids follow creation). */
+ * (names start with the creation time, so slot ids follow creation).
+ * Called with the table lock held (or before anyone else can see it). */
 static void scan_store(void)
 {
 	if (!config->store_dir)
@@ -300,12 +309,13 @@ static void scan_store(void)
 		n++;
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), cmp_str);
-	/* The empty slot stays last: take it out while adding. */
+	if (n)
+		qsort(names, n, sizeof(*names), cmp_str);
+	/* The empty slot stays last: take it out while adding, put it back
+	 * after (slot_push makes room for it). */
 	struct token *empty = NULL;
-	if (n_slots && !slots[n_slots - 1]->path) {
+	if (n_slots && !slots[n_slots - 1]->path)
 		empty = slots[--n_slots];
-	}
 	for (size_t i = 0; i < n; i++) {
 		if (!slot_has_path(names[i])) {
 			struct token *t = token_new(&file_token_ops, names[i]);
@@ -317,8 +327,9 @@ static void scan_store(void)
 		free(names[i]);
 	}
 	free(names);
-	if (empty) {
-		slots[n_slots++] = empty;
+	if (empty && slot_push(empty) != CKR_OK) {
+		/* Out of memory: the empty slot's id stays reserved. */
+		token_free(empty);
 	}
 }
 
@@ -465,6 +476,18 @@ CK_RV token_sync(struct token *t)
 }
 
 /* mkdir -p, private: the store holds sealed keys and PIN counters. */
+/* An empty slot again (creation failed). */
+static void forget_path(struct token *t)
+{
+	pthread_mutex_lock(&table_lock);
+	char *path = t->path;
+	t->path = NULL;
+	pthread_mutex_unlock(&table_lock);
+	if (path)
+		unlink(path);
+	free(path);
+}
+
 static CK_RV make_dirs(const char *dir)
 {
 	char path[PATH_MAX];
@@ -486,31 +509,30 @@ static CK_RV make_dirs(const char *dir)
 }
 
 /* A new store file in the store directory, named so that sorting names
- * sorts by creation time. */
+ * sorts by creation time.  The slot's path is set (under the table lock, as
+ * scan_store reads it) before the file exists, so a concurrent rescan
+ * never takes the new file for another token. */
 static CK_RV create_store(struct token *t)
 {
 	unsigned char rnd[4];
-	char path[PATH_MAX];
+	char *path = NULL;
 	CK_RV rv = crypto_random(rnd, sizeof(rnd));
 	if (rv != CKR_OK)
 		return rv;
 	rv = make_dirs(config->store_dir);
 	if (rv != CKR_OK)
 		return rv;
-	int n = snprintf(path, sizeof(path), "%s/%012llx-%02x%02x%02x%02x" TOKEN_SUFFIX,
-			 config->store_dir, (unsigned long long)time(NULL), rnd[0], rnd[1], rnd[2],
-			 rnd[3]);
-	if (n < 0 || (size_t)n >= sizeof(path))
-		return CKR_DEVICE_ERROR;
-	rv = t->ops->open(path, true, &t->store);
-	if (rv != CKR_OK)
-		return rv;
-	t->path = strdup(path);
-	if (!t->path) {
-		t->ops->close(t->store);
-		t->store = NULL;
-		unlink(path);
+	if (asprintf(&path, "%s/%012llx-%02x%02x%02x%02x" TOKEN_SUFFIX, config->store_dir,
+		     (unsigned long long)time(NULL), rnd[0], rnd[1], rnd[2], rnd[3]) < 0)
 		return CKR_HOST_MEMORY;
+	pthread_mutex_lock(&table_lock);
+	t->path = path;
+	pthread_mutex_unlock(&table_lock);
+	rv = t->ops->open(path, true, &t->store);
+	if (rv != CKR_OK) {
+		t->store = NULL;
+		forget_path(t);
+		return rv;
 	}
 	t->recognized = true;
 	return CKR_OK;
@@ -535,9 +557,7 @@ CK_RV token_init(struct token *t, const CK_UTF8CHAR *so_pin, CK_ULONG so_len, co
 			/* Leave no half-made token behind: the slot is empty again. */
 			t->ops->close(t->store);
 			t->store = NULL;
-			unlink(t->path);
-			free(t->path);
-			t->path = NULL;
+			forget_path(t);
 		}
 		return rv;
 	}
@@ -569,7 +589,15 @@ CK_RV token_login(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_
 		return rv;
 	t->login = who;
 	t->key = key;
-	return token_reload(t);
+	rv = token_reload(t);
+	if (rv != CKR_OK) {
+		/* Not logged in after all: an error must leave no login behind. */
+		t->ops->key_free(t->key);
+		t->key = NULL;
+		t->login = USER_NONE;
+		token_reload(t);
+	}
+	return rv;
 }
 
 void token_logout(struct token *t)
@@ -707,6 +735,13 @@ CK_RV token_find(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG count, CK_O
 		if (tmpl[i].ulValueLen && !tmpl[i].pValue) {
 			free(h);
 			return CKR_ARGUMENTS_BAD;
+		}
+		/* No attribute is this long: a template reused after a failed
+		 * C_GetAttributeValue carries CK_UNAVAILABLE_INFORMATION here,
+		 * and we must not read that much of the caller's memory. */
+		if (tmpl[i].ulValueLen > ATTR_MAX_LEN) {
+			free(h);
+			return CKR_ATTRIBUTE_VALUE_INVALID;
 		}
 	}
 
