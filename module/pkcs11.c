@@ -14,6 +14,7 @@
 #include "crypto.h"
 #include "log.h"
 #include "certattrs.h"
+#include "koltamga/pkcs11v.h"
 #include "object.h"
 #include "policy/certcheck.h"
 #include "session.h"
@@ -951,6 +952,50 @@ static CK_RV kt_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObje
 	return rv;
 }
 
+static bool asks_status(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+{
+	for (CK_ULONG i = 0; i < count; i++)
+		if (tmpl[i].type == CKA_KT_REVOCATION_STATUS || tmpl[i].type == CKA_KT_REVOCATION_CHECKED ||
+		    tmpl[i].type == CKA_KT_ISSUER_ACCREDITATION)
+			return true;
+	return false;
+}
+
+/* A certificate's revocation status and its issuer's accreditation change
+ * with the CRLs and the trust list, not with the certificate: they are
+ * worked out when asked, never stored. */
+static CK_RV certificate_attributes(const struct object *o, CK_ATTRIBUTE *tmpl, CK_ULONG count)
+{
+	static const CK_ULONG status_of[] = {
+		[CERTCHECK_REV_UNKNOWN] = CK_KT_REVOCATION_UNKNOWN,
+		[CERTCHECK_REV_GOOD] = CK_KT_REVOCATION_GOOD,
+		[CERTCHECK_REV_REVOKED] = CK_KT_REVOCATION_REVOKED,
+		[CERTCHECK_REV_SUSPENDED] = CK_KT_REVOCATION_SUSPENDED,
+	};
+	struct certcheck_status st;
+	const CK_ATTRIBUTE *der = attrs_get(o->attrs, CKA_VALUE);
+	struct attrs *view = attrs_dup(o->attrs);
+	CK_RV rv = view ? CKR_OK : CKR_HOST_MEMORY;
+	if (rv == CKR_OK && der) {
+		certcheck_status(checker, der->pValue, der->ulValueLen, time(NULL), &st);
+		rv = attrs_set_ulong(view, CKA_KT_REVOCATION_STATUS, status_of[st.revocation]);
+		if (rv == CKR_OK && st.established) {
+			char when[16];
+			struct tm tm;
+			gmtime_r(&st.established, &tm);
+			strftime(when, sizeof(when), "%Y%m%d%H%M%SZ", &tm);
+			rv = attrs_set(view, CKA_KT_REVOCATION_CHECKED, when, strlen(when));
+		}
+		if (rv == CKR_OK && st.accreditation[0])
+			rv = attrs_set(view, CKA_KT_ISSUER_ACCREDITATION, st.accreditation,
+				       strlen(st.accreditation));
+	}
+	if (rv == CKR_OK)
+		rv = object_get_attributes(view, o->complete, tmpl, count);
+	attrs_free(view);
+	return rv;
+}
+
 static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 				  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
@@ -965,6 +1010,8 @@ static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE h
 		rv = CKR_OBJECT_HANDLE_INVALID;
 	else if (rv == CKR_OK && !pTemplate && ulCount)
 		rv = CKR_ARGUMENTS_BAD;
+	else if (rv == CKR_OK && o->cls == CKO_CERTIFICATE && asks_status(pTemplate, ulCount))
+		rv = certificate_attributes(o, pTemplate, ulCount);
 	else if (rv == CKR_OK)
 		rv = object_get_attributes(o->attrs, o->complete, pTemplate, ulCount);
 	token_unlock(s->token);

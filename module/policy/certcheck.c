@@ -1125,3 +1125,39 @@ out:
 	ERR_clear_error();
 	return v;
 }
+
+void certcheck_status(const struct certcheck *cc, const CK_BYTE *der, CK_ULONG len, time_t now,
+		      struct certcheck_status *out)
+{
+	const struct centre *issuer = NULL;
+	char serial[48], why[384];
+	X509 *x = cert_from_der(der, len);
+
+	memset(out, 0, sizeof(*out));
+	out->revocation = CERTCHECK_REV_UNKNOWN;
+	if (!x)
+		goto out;
+	issuer = issuing_centre(cc, x);
+	if (issuer)
+		snprintf(out->accreditation, sizeof(out->accreditation), "%s", issuer->accreditation);
+	serial_display(x, serial, sizeof(serial));
+	switch (check_revocation(cc, x, issuer, now, serial, why, sizeof(why))) {
+	case CERTCHECK_OK:
+		out->revocation = CERTCHECK_REV_GOOD;
+		break;
+	case CERTCHECK_REVOKED:
+		out->revocation = CERTCHECK_REV_REVOKED;
+		break;
+	case CERTCHECK_SUSPENDED:
+		out->revocation = CERTCHECK_REV_SUSPENDED;
+		break;
+	default:
+		break;
+	}
+	/* A CRL that says anything establishes the status as of its issue. */
+	if (out->revocation != CERTCHECK_REV_UNKNOWN)
+		out->established = issuer->crl.this_update;
+out:
+	X509_free(x);
+	ERR_clear_error();
+}

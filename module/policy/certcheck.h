@@ -55,4 +55,24 @@ bool certcheck_is_qualified(const struct certcheck *cc, const CK_BYTE *der, CK_U
 
 const char *certcheck_verdict_name(enum certcheck_verdict v);
 
+/* What the attributes CKA_KT_REVOCATION_STATUS, CKA_KT_REVOCATION_CHECKED
+ * and CKA_KT_ISSUER_ACCREDITATION report: the status per the issuer's CRL
+ * (a listed certificate counts even from a stale CRL, "good" needs a fresh
+ * one), when that CRL was issued, and the issuer's accreditation. */
+enum certcheck_revocation {
+	CERTCHECK_REV_UNKNOWN,
+	CERTCHECK_REV_GOOD,
+	CERTCHECK_REV_REVOKED,
+	CERTCHECK_REV_SUSPENDED,
+};
+
+struct certcheck_status {
+	enum certcheck_revocation revocation;
+	time_t established;     /* thisUpdate of the CRL that said so; 0: unknown */
+	char accreditation[64]; /* "" when the issuer is not in the trust list */
+};
+
+void certcheck_status(const struct certcheck *cc, const CK_BYTE *der, CK_ULONG len, time_t now,
+		      struct certcheck_status *out);
+
 #endif
