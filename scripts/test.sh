@@ -16,7 +16,9 @@
 # their configure flags stay), and the ASan build then starts from a 'make
 # distdir' copy, since a configured source tree cannot host a VPATH build.
 # Environment: JOBS (default 2), KT_CONFIGURE_FLAGS (extra configure flags for
-# both builds), CI (missing tools fail instead of skipping).
+# both builds), KT_PHASE_TIMEOUT (seconds per make check/distcheck, default
+# 1200), KT_VALGRIND_SUPP (a valgrind suppression file), CI (missing client
+# tools fail instead of skipping).
 # Exits non-zero when any phase failed; ends with a "N passed, N failed" line
 # summing every test-suite.log.
 set -euo pipefail
@@ -60,14 +62,32 @@ count_suite() {
 	echo "$name $pass $fail $skip" >>"$COUNTS"
 }
 
-# show_logs PATH...: print every test-suite*.log below PATH (they hold the
-# logs of the failed and skipped tests).
+# show_logs BUILDDIR [SUITE_LOG]: the log of every failed test in BUILDDIR
+# (first 150 lines each; the whole is in the file named), then the summary of
+# the suite log.
 show_logs() {
-	local f
-	find "$@" -name 'test-suite*.log' 2>/dev/null | sort | while read -r f; do
-		echo "----- $f"
-		cat "$f"
+	local dir=$1 suite=${2:-test-suite.log} trs log
+	find "$dir" \( -name build-asan -o -name 'koltamga-[0-9]*' \) -prune -o -name '*.trs' -print 2>/dev/null |
+		sort | while read -r trs; do
+		grep -Eq '^:test-result: (FAIL|ERROR|XPASS)' "$trs" || continue
+		log=${trs%.trs}.log
+		echo "----- $log (first 150 lines)"
+		head -n 150 "$log"
 	done
+	[ -f "$dir/$suite" ] && sed -n '1,/^\.\. contents/p' "$dir/$suite"
+	return 0
+}
+
+# tmake ARGS...: make with a time limit (KT_PHASE_TIMEOUT seconds, default
+# 1200), so that a hanging test ends the run with a message, not CI's cap.
+tmake() {
+	local rc=0 limit=${KT_PHASE_TIMEOUT:-1200}
+	timeout --kill-after=30 "$limit" make "$@" || rc=$?
+	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+		echo "*** make $* did not finish within ${limit}s (KT_PHASE_TIMEOUT); a test hangs?"
+		ps -eo pid,etimes,pcpu,args --sort=-etimes | grep -E 'tests/(unit|module|clients)/' | grep -v grep | head -n 5 || true
+	fi
+	return "$rc"
 }
 
 phase_deps() { bash "$ROOT/scripts/deps.sh"; }
@@ -96,17 +116,20 @@ phase_build() {
 phase_check() {
 	[ -f "$BUILD/Makefile" ] || phase_build
 	local rc=0
-	make -C "$BUILD" check || rc=$?
+	tmake -C "$BUILD" check || rc=$?
 	count_suite "$BUILD/test-suite.log" check
-	[ "$rc" -eq 0 ] || { show_logs "$BUILD/test-suite.log"; return "$rc"; }
+	[ "$rc" -eq 0 ] || { show_logs "$BUILD"; return "$rc"; }
 }
 
 # The cmocka programs (unit and module tests) under valgrind, through the
 # automake harness so they get the same environment as in 'make check'; each
 # runs as 'libtool --mode=execute valgrind ... PROGRAM'.
+# Suppressions, when one is justified, go in a file named by KT_VALGRIND_SUPP;
+# none is used by default (a plain SQLite WAL program is valgrind-clean here).
 phase_valgrind() {
 	[ -f "$BUILD/Makefile" ] || phase_build
-	local progs rc=0
+	local progs rc=0 supp=""
+	[ -z "${KT_VALGRIND_SUPP:-}" ] || supp="--suppressions=$KT_VALGRIND_SUPP"
 	progs=$(make -s --no-print-directory -C "$BUILD" -f Makefile \
 		-f <(printf 'kt-print-check-programs:\n\t@echo $(check_PROGRAMS)\n') kt-print-check-programs)
 	if [ -z "$progs" ]; then
@@ -114,12 +137,12 @@ phase_valgrind() {
 		return 1
 	fi
 	echo "under valgrind: $progs"
-	make -C "$BUILD" check TESTS="$progs" TEST_SUITE_LOG=test-suite-valgrind.log \
+	tmake -C "$BUILD" check TESTS="$progs" TEST_SUITE_LOG=test-suite-valgrind.log \
 		LOG_COMPILER="$BUILD/libtool" \
-		LOG_FLAGS="--mode=execute valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect,possible --num-callers=30 --quiet" ||
+		LOG_FLAGS="--mode=execute valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect,possible --track-origins=yes --num-callers=30 $supp --quiet" ||
 		rc=$?
 	count_suite "$BUILD/test-suite-valgrind.log" valgrind
-	[ "$rc" -eq 0 ] || { show_logs "$BUILD/test-suite-valgrind.log"; return "$rc"; }
+	[ "$rc" -eq 0 ] || { show_logs "$BUILD" test-suite-valgrind.log; return "$rc"; }
 }
 
 phase_asan() {
@@ -138,19 +161,23 @@ phase_asan() {
 	make -C "$ASAN_BUILD" -j"$JOBS"
 	ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1} \
 		UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-		make -C "$ASAN_BUILD" check || rc=$?
+		tmake -C "$ASAN_BUILD" check || rc=$?
 	count_suite "$ASAN_BUILD/test-suite.log" asan
-	[ "$rc" -eq 0 ] || { show_logs "$ASAN_BUILD/test-suite.log"; return "$rc"; }
+	[ "$rc" -eq 0 ] || { show_logs "$ASAN_BUILD"; return "$rc"; }
 }
 
 phase_distcheck() {
 	[ -f "$BUILD/Makefile" ] || phase_build
 	local rc=0 out=$BUILD/distcheck.out
-	make -C "$BUILD" -j"$JOBS" distcheck >"$out" 2>&1 || rc=$?
+	tmake -C "$BUILD" -j"$JOBS" distcheck >"$out" 2>&1 || rc=$?
 	# The output is long; show its end, and the whole of it on failure.
 	if [ "$rc" -eq 0 ]; then tail -n 15 "$out"; else cat "$out"; fi
 	count_suite "$out" distcheck
-	[ "$rc" -eq 0 ] || { show_logs "$BUILD"/koltamga-*/; return "$rc"; }
+	if [ "$rc" -ne 0 ]; then
+		local d
+		for d in "$BUILD"/koltamga-*/_build/sub; do [ -d "$d" ] && show_logs "$d"; done
+		return "$rc"
+	fi
 }
 
 for p in "${PHASES[@]}"; do

@@ -232,7 +232,12 @@ kt_step() {
 		"$(grep -E '^(not applicable|known limitation):' "$log" | tail -n 1 | cut -d: -f2- | sed 's/^ //')" ;;
 	FAIL)
 		printf '%-6s %-8s %s (exit %s)\n' FAIL "$TARGET" "$name" "$rc"
-		tail -n 25 "$log" | sed 's/^/        | /'
+		if grep -Eq 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$log"; then
+			# A sanitizer report: its start says what and where.
+			grep -Em1 -A40 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$log" | sed 's/^/        | /'
+		else
+			tail -n 25 "$log" | sed 's/^/        | /'
+		fi
 		if [ -n "$critical" ]; then KT_ABORTED=$name; fi
 		;;
 	esac

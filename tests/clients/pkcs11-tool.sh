@@ -5,7 +5,7 @@
 set -eu
 . "$(dirname "$0")/lib.sh"
 
-kt_need_tools pkcs11-tool openssl timeout
+kt_need_tools pkcs11-tool openssl timeout perl
 
 LABEL=kt-pkcs11-tool
 
@@ -69,6 +69,26 @@ s_list_objects() {
 	fi
 }
 
+# ec_pub_pem ID OUT.pem: the P-256 public key, built from the CKA_EC_POINT
+# that --list-objects shows (a DER OCTET STRING holding the uncompressed
+# point).  Not --read-object: pkcs11-tool 0.23 reads freed memory when it
+# exports an EC public key (seen with ASan on SoftHSM too).
+ec_pub_pem() {
+	local hex
+	ptl --list-objects --type pubkey >pubs.txt
+	hex=$(awk -v id="$1" '/^[A-Z]/ { ec = ($0 ~ /^Public Key Object; EC /); pt = "" }
+		ec && $1 == "EC_POINT:" { pt = $2 }
+		ec && $1 == "ID:" && $2 == id && pt != "" { print pt; exit }' pubs.txt)
+	echo "CKA_EC_POINT of $1: $hex"
+	case $hex in
+	0441*) [ "${#hex}" = 134 ] || kt_fail "EC_POINT of key $1 has a bad length" ;;
+	*) kt_fail "EC_POINT of key $1 is not a DER OCTET STRING with an uncompressed P-256 point" ;;
+	esac
+	# SubjectPublicKeyInfo prefix for id-ecPublicKey, prime256v1.
+	perl -e 'print pack("H*", $ARGV[0])' "3059301306072a8648ce3d020106082a8648ce3d030107034200${hex#0441}" >"pub-$1.der"
+	openssl pkey -pubin -inform DER -in "pub-$1.der" -out "$2"
+}
+
 # export_pub ID OUT.pem
 export_pub() {
 	ptl --read-object --type pubkey --id "$1" -o "pub-$1.raw"
@@ -93,7 +113,7 @@ s_sign_ecdsa_sha256() {
 	kt_doc doc.txt
 	ptl --login --pin "$USER_PIN" --sign --mechanism ECDSA-SHA256 --signature-format openssl \
 		--id 02 -i doc.txt -o ec256.sig
-	export_pub 02 ec.pub.pem
+	ec_pub_pem 02 ec.pub.pem
 	openssl dgst -sha256 -verify ec.pub.pem -signature ec256.sig doc.txt
 	echo x >>doc.txt
 	kt_expect_fail openssl dgst -sha256 -verify ec.pub.pem -signature ec256.sig doc.txt
@@ -104,7 +124,7 @@ s_sign_ecdsa_hash() {
 	openssl dgst -sha256 -binary doc.txt >doc.sha256
 	ptl --login --pin "$USER_PIN" --sign --mechanism ECDSA --signature-format openssl \
 		--id 02 -i doc.sha256 -o ec.sig
-	export_pub 02 ec.pub.pem
+	ec_pub_pem 02 ec.pub.pem
 	openssl dgst -sha256 -verify ec.pub.pem -signature ec.sig doc.txt
 }
 
