@@ -1,4 +1,5 @@
 # tests/clients/lib.sh: shared by the real-client tests (sourced, not run).
+# shellcheck shell=bash
 #
 # Each client test runs one scenario twice, on a fresh token each time:
 #   koltamga  $KOLTAMGA_MODULE (default $KOLTAMGA_BUILDDIR/.libs/koltamga-pkcs11.so)
@@ -28,11 +29,14 @@ SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 KT_TARGETS=${KT_CLIENT_TARGETS:-koltamga softhsm}
 KT_STEP_TIMEOUT=${KT_STEP_TIMEOUT:-180}
 
-# Test PINs (never a real user's).
-SO_PIN=12345678
-USER_PIN=1234
-NEW_PIN=5678
-BAD_PIN=0000
+# Test PINs (never a real user's); used by the scenarios that source this.
+# shellcheck disable=SC2034
+{
+	SO_PIN=12345678
+	USER_PIN=1234
+	NEW_PIN=5678
+	BAD_PIN=0000
+}
 
 declare -A KT_RESULT=()   # "<target>|<step>" -> PASS FAIL N/A KNOWN NOTRUN
 declare -a KT_STEPS=()    # step names in first-seen order

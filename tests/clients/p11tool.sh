@@ -66,7 +66,7 @@ s_list_privkeys() {
 # destructor (freelocale() waiting for the setlocale lock), with SoftHSM as
 # well: a client-side problem.  There, wait for the finished output, then end it.
 run_certtool() {
-	local out=$1 pid i rc=0
+	local out=$1 pid _ rc=0
 	shift
 	if [ -z "${KT_PRELOAD:-}" ]; then
 		GNUTLS_PIN=$USER_PIN kt_client certtool --provider "$MODULE" "$@" --outfile "$out"
@@ -75,7 +75,7 @@ run_certtool() {
 	GNUTLS_PIN=$USER_PIN LD_PRELOAD=$KT_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
 		timeout "$KT_STEP_TIMEOUT" certtool --provider "$MODULE" "$@" --outfile "$out" </dev/null &
 	pid=$!
-	for i in $(seq 1 "$((KT_STEP_TIMEOUT * 10))"); do
+	for _ in $(seq 1 "$((KT_STEP_TIMEOUT * 10))"); do
 		kill -0 "$pid" 2>/dev/null || break
 		if grep -q -- '-----END CERTIFICATE-----' "$out" 2>/dev/null; then
 			sleep 2

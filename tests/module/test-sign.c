@@ -651,7 +651,7 @@ static void test_sign_after_logout(void **state)
 	CK_OBJECT_HANDLE pub, priv, tpub, tpriv;
 	CK_ATTRIBUTE tok[] = { { CKA_TOKEN, &fx_true, 1 } };
 	CK_ATTRIBUTE ec[] = { { CKA_EC_PARAMS, (void *)fx_p256, fx_p256_len }, { CKA_TOKEN, &fx_true, 1 } };
-	CK_BYTE h[32] = { 2 }, sig[64];
+	CK_BYTE h[32] = { 2 }, sig[64] = { 0 };
 	CK_ULONG len = sizeof(sig);
 	CK_RV rv;
 
@@ -680,7 +680,7 @@ static void test_always_authenticate(void **state)
 	CK_OBJECT_HANDLE pub, priv;
 	CK_ATTRIBUTE aa[] = { { CKA_ALWAYS_AUTHENTICATE, &fx_true, 1 } };
 	CK_ATTRIBUTE ec[] = { { CKA_EC_PARAMS, (void *)fx_p256, fx_p256_len } };
-	CK_BYTE h[32] = "0123456789abcdef0123456789abcdef", sig[64];
+	CK_BYTE h[32] = "0123456789abcdef0123456789abcdef", sig[64] = { 0 };
 	CK_ULONG len;
 	CK_TOKEN_INFO ti;
 	CK_SESSION_INFO si;
