@@ -11,6 +11,8 @@ PACKAGES=(
 	# the real clients and the reference token used by the tests
 	p11-kit gnutls-bin opensc opensc-pkcs11 softhsm2 libnss3-tools
 	openssl sqlite3
+	# Java's SunPKCS11 (keytool) and the test PKI's helpers (xxd, flock)
+	openjdk-17-jre-headless xxd util-linux
 	# checkers and the tools the test scripts use
 	valgrind binutils coreutils diffutils grep sed tar gzip
 )

@@ -111,7 +111,7 @@ s_nss() {
 	# "u,u,u": a user certificate, paired with its private key.
 	kt_grep "^$LABEL:person +u,u,u\$" certs.txt
 	kt_grep "^$LABEL:revoked +u,u,u\$" certs.txt
-	kt_client certutil -L -d sql:nss -f nss/pw -n "$LABEL:person" >person.txt
+	kt_client certutil -L -h "$LABEL" -d sql:nss -f nss/pw -n "$LABEL:person" >person.txt
 	cat person.txt
 	kt_grep 'serialNumber=PNOKG-12345678901234' person.txt
 	kt_grep 'Issuer: "CN=Test Accredited Sub CA' person.txt
