@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "policy/confirm.h"
 
 #define SYSTEM_CONF "/etc/koltamga/koltamga.conf"
 #define MAX_CONF_SIZE (1024 * 1024)
@@ -22,6 +23,9 @@ static void config_defaults(struct config *c)
 	c->params.scrypt_r = 8;
 	c->params.scrypt_p = 1;
 	c->params.max_tries = 5;
+	c->policy = POLICY_CONFIRM;
+	c->confirm_backend = CONFIRM_PINENTRY;
+	c->confirm_timeout = 60;
 }
 
 void config_free(struct config *c)
@@ -39,6 +43,13 @@ void config_free(struct config *c)
 		free(c->oids[i].oid);
 	}
 	free(c->oids);
+	for (size_t i = 0; i < c->n_keys; i++) {
+		free(c->keys[i].id);
+		free(c->keys[i].label);
+	}
+	free(c->keys);
+	free(c->confirm_program);
+	free(c->audit_log);
 	free(c->trust_list);
 	free(c->crl_dir);
 	free(c->store_dir);
@@ -80,6 +91,7 @@ static CK_RV add_token(struct config *c)
 	c->tokens = t;
 	c->tokens[c->n_tokens].driver = &file_token_ops;
 	c->tokens[c->n_tokens].path = NULL;
+	c->tokens[c->n_tokens].policy = POLICY_DEFAULT;
 	c->n_tokens++;
 	return CKR_OK;
 }
@@ -139,10 +151,57 @@ static CK_RV add_crl_file(struct config *c, const char *val)
 	return CKR_OK;
 }
 
+static bool parse_policy(const char *val, enum sign_policy *out)
+{
+	if (strcmp(val, "confirm") == 0)
+		*out = POLICY_CONFIRM;
+	else if (strcmp(val, "automatic") == 0)
+		*out = POLICY_AUTOMATIC;
+	else
+		return false;
+	return true;
+}
+
+static bool parse_yes_no(const char *val, bool *out)
+{
+	if (strcmp(val, "yes") == 0)
+		*out = true;
+	else if (strcmp(val, "no") == 0)
+		*out = false;
+	else
+		return false;
+	return true;
+}
+
 static CK_RV set_module_key(struct config *c, const char *key, const char *val, bool *known)
 {
 	unsigned long long v;
 	*known = true;
+	if (strcmp(key, "sign_policy") == 0)
+		return parse_policy(val, &c->policy) ? CKR_OK : CKR_ARGUMENTS_BAD;
+	if (strcmp(key, "strict") == 0)
+		return parse_yes_no(val, &c->strict) ? CKR_OK : CKR_ARGUMENTS_BAD;
+	if (strcmp(key, "confirm") == 0) {
+		if (strcmp(val, "pinentry") == 0)
+			c->confirm_backend = CONFIRM_PINENTRY;
+		else if (strcmp(val, "command") == 0)
+			c->confirm_backend = CONFIRM_COMMAND;
+		else if (strcmp(val, "deny") == 0)
+			c->confirm_backend = CONFIRM_DENY;
+		else
+			return CKR_ARGUMENTS_BAD;
+		return CKR_OK;
+	}
+	if (strcmp(key, "confirm_program") == 0)
+		return set_path(&c->confirm_program, val);
+	if (strcmp(key, "audit_log") == 0)
+		return set_path(&c->audit_log, val);
+	if (strcmp(key, "confirm_timeout") == 0) {
+		if (!parse_ulong(val, 1, 3600, &v))
+			return CKR_ARGUMENTS_BAD;
+		c->confirm_timeout = v;
+		return CKR_OK;
+	}
 	if (strcmp(key, "store") == 0)
 		return set_path(&c->store_dir, val);
 	if (strcmp(key, "trust_list") == 0)
@@ -216,9 +275,54 @@ static CK_RV set_profile_key(struct config *c, const char *key, const char *val,
 	return CKR_OK;
 }
 
+static CK_RV set_key_key(struct config_key *k, const char *key, const char *val, bool *known)
+{
+	*known = true;
+	if (strcmp(key, "sign_policy") == 0)
+		return parse_policy(val, &k->policy) ? CKR_OK : CKR_ARGUMENTS_BAD;
+	if (strcmp(key, "label") == 0) {
+		free(k->label);
+		k->label = strdup(val);
+		return k->label ? CKR_OK : CKR_HOST_MEMORY;
+	}
+	if (strcmp(key, "id") == 0) {
+		size_t n = strlen(val);
+		if (n == 0 || n % 2)
+			return CKR_ARGUMENTS_BAD;
+		free(k->id);
+		k->id = malloc(n / 2);
+		if (!k->id)
+			return CKR_HOST_MEMORY;
+		k->id_len = n / 2;
+		for (size_t i = 0; i < n / 2; i++) {
+			unsigned int byte;
+			if (!isxdigit((unsigned char)val[2 * i]) || !isxdigit((unsigned char)val[2 * i + 1]) ||
+			    sscanf(val + 2 * i, "%2x", &byte) != 1)
+				return CKR_ARGUMENTS_BAD;
+			k->id[i] = (unsigned char)byte;
+		}
+		return CKR_OK;
+	}
+	*known = false;
+	return CKR_OK;
+}
+
+static CK_RV add_key(struct config *c)
+{
+	struct config_key *k = realloc(c->keys, (c->n_keys + 1) * sizeof(*k));
+	if (!k)
+		return CKR_HOST_MEMORY;
+	c->keys = k;
+	memset(&c->keys[c->n_keys], 0, sizeof(*k));
+	c->n_keys++;
+	return CKR_OK;
+}
+
 static CK_RV set_token_key(struct config_token *t, const char *key, const char *val, bool *known)
 {
 	*known = true;
+	if (strcmp(key, "sign_policy") == 0)
+		return parse_policy(val, &t->policy) ? CKR_OK : CKR_ARGUMENTS_BAD;
 	if (strcmp(key, "driver") == 0) {
 		if (strcmp(val, "file") != 0)
 			return CKR_ARGUMENTS_BAD;
@@ -249,7 +353,7 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 	if (!c->source)
 		goto out;
 
-	enum { SEC_MODULE, SEC_TOKEN, SEC_PROFILE } section = SEC_MODULE;
+	enum { SEC_MODULE, SEC_TOKEN, SEC_PROFILE, SEC_KEY } section = SEC_MODULE;
 	char *save = NULL;
 	/* ';' separates lines too: p11-kit's x-init-reserved is one line. */
 	for (char *line = strtok_r(copy, "\n;", &save); line; line = strtok_r(NULL, "\n;", &save)) {
@@ -263,6 +367,13 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 		if (line[0] == '[') {
 			if (strcmp(line, "[profile]") == 0) {
 				section = SEC_PROFILE;
+				continue;
+			}
+			if (strcmp(line, "[key]") == 0) {
+				rv = add_key(c);
+				if (rv != CKR_OK)
+					goto out;
+				section = SEC_KEY;
 				continue;
 			}
 			if (strcmp(line, "[token]") != 0) {
@@ -289,6 +400,8 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 			rv = set_token_key(&c->tokens[c->n_tokens - 1], key, val, &known);
 		else if (section == SEC_PROFILE)
 			rv = set_profile_key(c, key, val, &known);
+		else if (section == SEC_KEY)
+			rv = set_key_key(&c->keys[c->n_keys - 1], key, val, &known);
 		else
 			rv = set_module_key(c, key, val, &known);
 		if (rv == CKR_OK && !known) {
@@ -303,6 +416,14 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 	for (size_t i = 0; i < c->n_tokens; i++) {
 		if (!c->tokens[i].path) {
 			kt_log("%s: [token] number %zu has no path", origin, i + 1);
+			rv = CKR_ARGUMENTS_BAD;
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < c->n_keys; i++) {
+		const struct config_key *k = &c->keys[i];
+		if ((!k->id == !k->label) || k->policy == POLICY_DEFAULT) {
+			kt_log("%s: [key] number %zu needs one of id or label, and sign_policy", origin, i + 1);
 			rv = CKR_ARGUMENTS_BAD;
 			goto out;
 		}
@@ -376,6 +497,26 @@ static CK_RV default_store(struct config *c)
 	return c->store_dir ? CKR_OK : CKR_HOST_MEMORY;
 }
 
+/* $XDG_STATE_HOME/koltamga/audit.log, else ~/.local/state/koltamga/audit.log
+ * (XDG: state that should persist but is not data the user edits). */
+static CK_RV default_audit_log(struct config *c)
+{
+	const char *xdg = secure_getenv("XDG_STATE_HOME");
+	const char *home = secure_getenv("HOME");
+	int n = -1;
+	if (xdg && xdg[0] == '/')
+		n = asprintf(&c->audit_log, "%s/koltamga/audit.log", xdg);
+	else if (home && home[0] == '/')
+		n = asprintf(&c->audit_log, "%s/.local/state/koltamga/audit.log", home);
+	else
+		return CKR_OK; /* no place for it: the policy layer says so when it must write */
+	if (n < 0) {
+		c->audit_log = NULL;
+		return CKR_HOST_MEMORY;
+	}
+	return CKR_OK;
+}
+
 CK_RV config_load(const char *reserved, struct config **out)
 {
 	CK_RV rv;
@@ -407,12 +548,13 @@ CK_RV config_load(const char *reserved, struct config **out)
 		return rv;
 	/* A configuration that names only [token]s has no store; one that
 	 * names nothing gets the per-user store. */
-	if (!c->store_dir && c->n_tokens == 0) {
+	if (!c->store_dir && c->n_tokens == 0)
 		rv = default_store(c);
-		if (rv != CKR_OK) {
-			config_free(c);
-			return rv;
-		}
+	if (rv == CKR_OK && !c->audit_log)
+		rv = default_audit_log(c);
+	if (rv != CKR_OK) {
+		config_free(c);
+		return rv;
 	}
 	kt_debug(KT_DBG_CONFIG, "configuration from %s, store %s, %zu named tokens", c->source,
 		 c->store_dir ? c->store_dir : "(none)", c->n_tokens);

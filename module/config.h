@@ -24,12 +24,25 @@
  *   crl_file = FILE     one CRL; may be repeated
  *   crl_max_age = T     a CRL older than this is stale: seconds, or with s/m/h/d
  *   revocation_unknown = refuse|allow   no fresh CRL for an issuer (default refuse)
+ *   sign_policy = confirm|automatic  for keys created from now on (default confirm)
+ *   strict = yes|no     refuse hash-only mechanisms on confirm keys without a
+ *                       sign context (default no)
+ *   confirm = pinentry|command|deny  how the signer is asked (default pinentry)
+ *   confirm_program = FILE  the pinentry or command (default: pinentry in PATH)
+ *   confirm_timeout = N  seconds to wait for the signer, 1..3600 (default 60)
+ *   audit_log = FILE    (default $XDG_STATE_HOME/koltamga/audit.log, else
+ *                       ~/.local/state/koltamga/audit.log)
+ * [key] keys (a per-key signing policy, fixed when the key is created):
+ *   id = HEX            the key's CKA_ID, or
+ *   label = TEXT        its CKA_LABEL
+ *   sign_policy = confirm|automatic
  * [profile] keys:
  *   oid.NAME = 1.2.3.4  one more OID meaning NAME in the certificate
  *                       attribute table (docs/attributes.md)
  * [token] keys:
  *   driver = file       (the only driver so far)
  *   path = FILE         the token's store file (created by C_InitToken if absent)
+ *   sign_policy = confirm|automatic  for keys created on this token
  * Unknown keys, bad numbers or a missing path are errors: C_Initialize fails
  * with CKR_ARGUMENTS_BAD (a bad pReserved) or CKR_GENERAL_ERROR, after one
  * clear line on stderr; nothing falls back to weaker defaults silently.
@@ -40,9 +53,19 @@
 #include "common.h"
 #include "token.h"
 
+enum sign_policy { POLICY_DEFAULT = 0, POLICY_CONFIRM = 1, POLICY_AUTOMATIC = 2 };
+
 struct config_token {
 	const struct token_ops *driver;
 	char *path;
+	enum sign_policy policy; /* POLICY_DEFAULT: the module's */
+};
+
+struct config_key {
+	unsigned char *id; /* CKA_ID, or NULL */
+	size_t id_len;
+	char *label;       /* CKA_LABEL, or NULL */
+	enum sign_policy policy;
 };
 
 struct config_oid {
@@ -60,6 +83,14 @@ struct config {
 	bool allow_unknown_revocation;
 	struct config_oid *oids;
 	size_t n_oids;
+	enum sign_policy policy; /* for keys on store tokens */
+	bool strict;
+	int confirm_backend;     /* enum confirm_backend */
+	char *confirm_program;
+	unsigned confirm_timeout;
+	char *audit_log;
+	struct config_key *keys;
+	size_t n_keys;
 	CK_ULONG min_pin_len;
 	CK_ULONG max_pin_len;
 	struct token_params params;

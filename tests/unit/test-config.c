@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "policy/confirm.h"
 
 static void test_defaults(void **state)
 {
@@ -100,6 +101,42 @@ static void test_certificate_checks(void **state)
 	config_free(c);
 }
 
+static void test_signing_policy(void **state)
+{
+	struct config *c;
+	const char *text = "sign_policy = automatic\n"
+			   "strict = yes\n"
+			   "confirm = command\n"
+			   "confirm_program = /usr/bin/true\n"
+			   "confirm_timeout = 5\n"
+			   "audit_log = /var/log/kt.log\n"
+			   "[token]\npath = /t.ktok\nsign_policy = confirm\n"
+			   "[key]\nid = 0A1b\nsign_policy = confirm\n"
+			   "[key]\nlabel = seal key\nsign_policy = automatic\n";
+	assert_int_equal(config_parse(text, "test", &c), CKR_OK);
+	assert_int_equal(c->policy, POLICY_AUTOMATIC);
+	assert_true(c->strict);
+	assert_int_equal(c->confirm_backend, CONFIRM_COMMAND);
+	assert_string_equal(c->confirm_program, "/usr/bin/true");
+	assert_int_equal(c->confirm_timeout, 5);
+	assert_string_equal(c->audit_log, "/var/log/kt.log");
+	assert_int_equal(c->tokens[0].policy, POLICY_CONFIRM);
+	assert_int_equal(c->n_keys, 2);
+	assert_int_equal(c->keys[0].id_len, 2);
+	assert_memory_equal(c->keys[0].id, "\x0a\x1b", 2);
+	assert_string_equal(c->keys[1].label, "seal key");
+	assert_int_equal(c->keys[1].policy, POLICY_AUTOMATIC);
+	config_free(c);
+
+	/* Defaults: confirm through pinentry, a minute to answer. */
+	assert_int_equal(config_parse("", "test", &c), CKR_OK);
+	assert_int_equal(c->policy, POLICY_CONFIRM);
+	assert_int_equal(c->confirm_backend, CONFIRM_PINENTRY);
+	assert_int_equal(c->confirm_timeout, 60);
+	assert_false(c->strict);
+	config_free(c);
+}
+
 static void test_errors(void **state)
 {
 	static const char *bad[] = {
@@ -130,6 +167,16 @@ static void test_errors(void **state)
 		"[profile]\noid.x =",
 		"[profile]\nname = 1.2.3",
 		"[profile]\noid. = 1.2.3",
+		"sign_policy = sometimes",
+		"strict = maybe",
+		"confirm = gui",
+		"confirm_timeout = 0",
+		"confirm_program = pinentry",
+		"[key]\nsign_policy = automatic",
+		"[key]\nid = 01\nlabel = x\nsign_policy = automatic",
+		"[key]\nid = 0g\nsign_policy = automatic",
+		"[key]\nid = 012\nsign_policy = automatic",
+		"[key]\nid = 01",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct config *c = NULL;
@@ -199,6 +246,7 @@ int main(void)
 		cmocka_unit_test(test_full_file),
 		cmocka_unit_test(test_reserved_string_semicolons),
 		cmocka_unit_test(test_certificate_checks),
+		cmocka_unit_test(test_signing_policy),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_load_env_file),
 		cmocka_unit_test(test_default_store_from_xdg),

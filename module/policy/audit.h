@@ -1,0 +1,36 @@
+/*
+ * The audit log: one JSON line per signing decision, append-only, each
+ * carrying the SHA-256 of the previous line so that removing or changing a
+ * record breaks the chain.  Metadata only: never document content, never
+ * a PIN; no digest when the document is marked confidential.
+ */
+#ifndef KOLTAMGA_AUDIT_H
+#define KOLTAMGA_AUDIT_H
+
+#include "common.h"
+
+struct audit_record {
+	const char *token;        /* token serial */
+	const char *key_id_hex;   /* CKA_ID, hex */
+	const char *cert_issuer;  /* certificate issuer (RFC 2253 text), or NULL */
+	const char *cert_serial;  /* hex, or NULL */
+	const char *mechanism;
+	unsigned long long size;
+	const char *sha256_hex;   /* NULL when confidential */
+	const char *program;
+	long pid;
+	const char *decision;     /* "signed", "refused", "rejected", "canceled", "failed" */
+	const char *reason;       /* why, for anything but "signed" */
+};
+
+/* Append a record to `path` (created 0600 with its directory when missing).
+ * Serialised across threads and processes (flock); the previous record's
+ * hash is read from the file's last line.  CKR_OK or CKR_FUNCTION_FAILED
+ * after one log line. */
+CK_RV audit_append(const char *path, const struct audit_record *rec);
+
+/* Verify a log's chain: 0 when intact; otherwise the 1-based number of the
+ * first broken record (and `why` says what is wrong). */
+unsigned long audit_verify(const char *path, char *why, size_t why_len);
+
+#endif
