@@ -663,7 +663,11 @@ static bool write_koltamga_conf(const char *dir)
 		return false;
 	/* No scrypt_* lines unless asked: login is measured at the defaults a
 	 * real token gets. */
-	n = snprintf(text, sizeof text, "# written by kt-bench\nstore = %s\n", store);
+	/* Seal keys (automatic policy): the benchmark measures the signing
+	 * path an information system uses, audit record included. */
+	n = snprintf(text, sizeof text,
+		     "# written by kt-bench\nstore = %s\nsign_policy = automatic\naudit_log = %s/audit.log\n", store,
+		     store);
 	if (opt.scrypt_set)
 		snprintf(text + n, sizeof text - (size_t)n, "scrypt_n = %llu\nscrypt_r = %u\nscrypt_p = %u\n",
 			 (unsigned long long)opt.scrypt_n, opt.scrypt_r, opt.scrypt_p);

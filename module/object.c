@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "certattrs.h"
+#include "koltamga/pkcs11v.h"
 #include "crypto.h"
 #include "log.h"
 #include "token.h"
@@ -111,6 +112,9 @@ static const struct attr_rule rules[] = {
 	/* Once a key demands per-use authentication it keeps demanding it:
 	 * the signing policy of later issues relies on that. */
 	{ CKA_ALWAYS_AUTHENTICATE, C_PRIV, K_ANY, V_BOOL, CG },
+	/* Decided by the module's configuration when the key is made; the
+	 * application reads it, never sets it. */
+	{ CKA_KT_SIGN_POLICY, C_PRIV, K_ANY, V_ULONG, 0 },
 	/* RSA */
 	{ CKA_MODULUS, C_PUB | C_PRIV, K_RSA, V_BYTES, F_CREATE | F_REQ_CREATE | F_GEN_OUTPUT },
 	{ CKA_MODULUS_BITS, C_PUB, K_RSA, V_ULONG, F_GENERATE | F_REQ_GENERATE },

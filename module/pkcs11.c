@@ -17,6 +17,7 @@
 #include "koltamga/pkcs11v.h"
 #include "object.h"
 #include "policy/certcheck.h"
+#include "policy/signing.h"
 #include "session.h"
 #include "slot.h"
 
@@ -178,6 +179,7 @@ static void state_reset(void)
  * table, the trust list and the CRLs. */
 static CK_RV policy_init(const struct config *c)
 {
+	signing_configure(c);
 	for (size_t i = 0; i < c->n_oids; i++) {
 		if (certattrs_add_oid(c->oids[i].name, c->oids[i].oid) != CKR_OK) {
 			kt_log("%s: [profile] oid.%s: unknown name or malformed OID", c->source,
@@ -852,6 +854,8 @@ static CK_RV kt_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTempl
 	token_lock(s->token);
 	struct object_actor who = actor_of(s);
 	rv = object_build(a, ORIGIN_CREATE, 0, 0, 0, &who);
+	if (rv == CKR_OK && object_class(a) == CKO_PRIVATE_KEY)
+		rv = signing_assign(s->token->policy, a);
 	if (rv == CKR_OK)
 		rv = token_sync(s->token);
 	if (rv == CKR_OK) {
@@ -1241,17 +1245,15 @@ static CK_RV kt_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechani
 	return rv;
 }
 
-/* The output half shared by C_Digest, C_DigestFinal, C_Sign and C_SignFinal:
+/* The output half of C_Digest and C_DigestFinal (signing: sign_output):
  * a length query or short buffer leaves the operation alive, anything
  * else ends it.  `data` NULL means "what update gave". */
 static CK_RV crypto_output(struct session *s, const CK_BYTE *data, CK_ULONG len, bool oneshot,
-			   CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV (*gate)(struct session *))
+			   CK_BYTE_PTR out, CK_ULONG_PTR out_len)
 {
 	CK_RV rv = output_fits(out, out_len, crypto_op_out_len(s->crypto.op));
 	if (!out || rv == CKR_BUFFER_TOO_SMALL)
 		return rv;
-	if (gate)
-		rv = gate(s);
 	if (rv == CKR_OK)
 		rv = oneshot ? crypto_op_oneshot(s->crypto.op, data, len, out, out_len)
 			     : crypto_op_final(s->crypto.op, out, out_len);
@@ -1272,7 +1274,7 @@ static CK_RV kt_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG u
 		rv = CKR_ARGUMENTS_BAD;
 		session_end_crypto(s);
 	} else
-		rv = crypto_output(s, pData, ulDataLen, true, pDigest, pulDigestLen, NULL);
+		rv = crypto_output(s, pData, ulDataLen, true, pDigest, pulDigestLen);
 	end(s);
 	return rv;
 }
@@ -1286,10 +1288,15 @@ static CK_RV crypto_update(CK_SESSION_HANDLE hSession, enum op_kind kind, CK_BYT
 	if (s->crypto.kind != kind) {
 		rv = CKR_OPERATION_NOT_INITIALIZED;
 	} else {
-		if (!pPart && ulPartLen)
+		if (!pPart && ulPartLen) {
 			rv = CKR_ARGUMENTS_BAD;
-		else
+		} else if (kind == OP_SIGN && signing_keeps_data(&s->crypto)) {
+			/* Shown to the signer and signed at C_SignFinal. */
+			rv = signing_keep(&s->crypto, pPart, ulPartLen);
+		} else {
 			rv = crypto_op_update(s->crypto.op, pPart, ulPartLen);
+			s->crypto.streamed += ulPartLen;
+		}
 		if (rv != CKR_OK)
 			session_end_crypto(s);
 	}
@@ -1314,7 +1321,7 @@ static CK_RV kt_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_
 		rv = CKR_ARGUMENTS_BAD;
 		session_end_crypto(s);
 	} else
-		rv = crypto_output(s, NULL, 0, false, pDigest, pulDigestLen, NULL);
+		rv = crypto_output(s, NULL, 0, false, pDigest, pulDigestLen);
 	end(s);
 	return rv;
 }
@@ -1336,6 +1343,29 @@ struct binding {
 	CK_RV rv;
 };
 
+static char *attr_text(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
+{
+	const CK_ATTRIBUTE *at = attrs_get(a, type);
+	char *s = at && at->ulValueLen < 4096 ? malloc(at->ulValueLen + 1) : NULL;
+	if (s) {
+		memcpy(s, at->pValue, at->ulValueLen);
+		s[at->ulValueLen] = '\0';
+	}
+	return s;
+}
+
+static char *attr_hex(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
+{
+	const CK_ATTRIBUTE *at = attrs_get(a, type);
+	char *s = at && at->ulValueLen < 1024 ? malloc(2 * at->ulValueLen + 1) : NULL;
+	if (s) {
+		for (CK_ULONG i = 0; i < at->ulValueLen; i++)
+			snprintf(s + 2 * i, 3, "%02x", ((const CK_BYTE *)at->pValue)[i]);
+		s[2 * at->ulValueLen] = '\0';
+	}
+	return s;
+}
+
 /* Remember the certificate a signing key belongs to, and whether a
  * qualified certificate with its CKA_ID names some other key. */
 static void bind_certificate(void *ctx, const struct object *cert, bool matches)
@@ -1351,6 +1381,11 @@ static void bind_certificate(void *ctx, const struct object *cert, bool matches)
 	}
 	if (b->c->cert)
 		return;
+	b->c->holder_type = CK_KT_HOLDER_UNKNOWN;
+	attrs_get_ulong(cert->attrs, CKA_KT_HOLDER_TYPE, &b->c->holder_type);
+	b->c->signer = attr_text(cert->attrs, CKA_KT_COMMON_NAME);
+	b->c->cert_issuer = attr_text(cert->attrs, CKA_KT_ISSUER_NAME);
+	b->c->cert_serial = attr_hex(cert->attrs, CKA_SERIAL_NUMBER);
 	b->c->cert = malloc(der->ulValueLen);
 	if (!b->c->cert) {
 		b->rv = CKR_HOST_MEMORY;
@@ -1414,6 +1449,8 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 			struct binding b = { .c = &s->crypto, .rv = CKR_OK };
 			token_key_certificates(t, key, bind_certificate, &b);
 			rv = b.rv;
+			if (rv == CKR_OK)
+				rv = signing_begin(&s->crypto, t->state.serial, key->attrs, m->mechanism);
 		}
 	}
 	token_unlock(t);
@@ -1441,12 +1478,14 @@ static CK_RV kt_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
 /* The law's checks of the key's certificate (art. 11): a key bound to a
  * qualified certificate signs only while that certificate is valid,
  * unrevoked, allows signing and comes from an accredited centre. */
-static CK_RV certificate_gate(const struct session *s)
+static CK_RV certificate_gate(struct session *s)
 {
-	const struct crypto_state *c = &s->crypto;
-	char why[256] = "";
+	struct crypto_state *c = &s->crypto;
+	char why[200] = "";
 	if (c->cert_mismatch) {
-		kt_log("signature refused: a qualified certificate with the key's CKA_ID holds another public key");
+		snprintf(c->reason, sizeof(c->reason),
+			 "a qualified certificate with the key's CKA_ID holds another public key");
+		kt_log("signature refused: %s", c->reason);
 		return CKR_KEY_FUNCTION_NOT_PERMITTED;
 	}
 	if (!c->cert)
@@ -1454,6 +1493,7 @@ static CK_RV certificate_gate(const struct session *s)
 	enum certcheck_verdict v = certcheck_judge(checker, c->cert, c->cert_len, time(NULL), why, sizeof(why));
 	if (v == CERTCHECK_OK || v == CERTCHECK_NOT_QUALIFIED)
 		return CKR_OK;
+	snprintf(c->reason, sizeof(c->reason), "%s: %s", certcheck_verdict_name(v), why);
 	kt_log("signature refused (%s): %s", certcheck_verdict_name(v), why);
 	return CKR_KEY_FUNCTION_NOT_PERMITTED;
 }
@@ -1476,6 +1516,40 @@ static CK_RV sign_gate(struct session *s)
 	return certificate_gate(s);
 }
 
+/*
+ * The output half of C_Sign and C_SignFinal.  A length query or a short
+ * buffer neither asks nor signs and keeps the operation; otherwise the
+ * gate and the signing policy decide, the key signs (a confirm key signs
+ * its private copy of what the signer saw), and the operation ends.
+ */
+static CK_RV sign_output(struct session *s, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE_PTR out,
+			 CK_ULONG_PTR out_len)
+{
+	struct crypto_state *c = &s->crypto;
+	CK_RV rv = output_fits(out, out_len, crypto_op_out_len(c->op));
+	if (!out || rv == CKR_BUFFER_TOO_SMALL)
+		return rv;
+	const CK_BYTE *what = oneshot ? data : NULL;
+	CK_ULONG what_len = oneshot ? len : 0;
+	if (signing_keeps_data(c)) {
+		if (oneshot)
+			rv = signing_keep(c, data, len);
+		what = c->data;
+		what_len = c->data_len;
+		oneshot = true;
+	}
+	if (rv == CKR_OK)
+		rv = sign_gate(s);
+	if (rv == CKR_OK)
+		rv = signing_activate(s, what, what_len);
+	if (rv == CKR_OK)
+		rv = oneshot ? crypto_op_oneshot(c->op, what, what_len, out, out_len)
+			     : crypto_op_final(c->op, out, out_len);
+	signing_finish(s, rv, what, what_len);
+	session_end_crypto(s);
+	return rv;
+}
+
 static CK_RV kt_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
 		     CK_ULONG_PTR pulSignatureLen)
 {
@@ -1489,7 +1563,7 @@ static CK_RV kt_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulD
 		rv = CKR_ARGUMENTS_BAD;
 		session_end_crypto(s);
 	} else
-		rv = crypto_output(s, pData, ulDataLen, true, pSignature, pulSignatureLen, sign_gate);
+		rv = sign_output(s, pData, ulDataLen, true, pSignature, pulSignatureLen);
 	end(s);
 	return rv;
 }
@@ -1511,7 +1585,7 @@ static CK_RV kt_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK
 		rv = CKR_ARGUMENTS_BAD;
 		session_end_crypto(s);
 	} else
-		rv = crypto_output(s, NULL, 0, false, pSignature, pulSignatureLen, sign_gate);
+		rv = sign_output(s, NULL, 0, false, pSignature, pulSignatureLen);
 	end(s);
 	return rv;
 }
@@ -1648,6 +1722,8 @@ static CK_RV kt_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMe
 	rv = object_build(pub, ORIGIN_GENERATE, CKO_PUBLIC_KEY, kt, mi->type, &who);
 	if (rv == CKR_OK)
 		rv = object_build(priv, ORIGIN_GENERATE, CKO_PRIVATE_KEY, kt, mi->type, &who);
+	if (rv == CKR_OK)
+		rv = signing_assign(t->policy, priv);
 	if (rv == CKR_OK)
 		rv = may_write_object(s, object_is_token(pub), object_is_private(pub));
 	if (rv == CKR_OK)

@@ -30,9 +30,18 @@ void session_table_abandon(void)
 
 void session_end_crypto(struct session *s)
 {
-	crypto_op_free(s->crypto.op);
-	free(s->crypto.cert);
-	memset(&s->crypto, 0, sizeof(s->crypto));
+	struct crypto_state *c = &s->crypto;
+	crypto_op_free(c->op);
+	free(c->cert);
+	free(c->signer);
+	free(c->cert_issuer);
+	free(c->cert_serial);
+	free(c->key_label);
+	free(c->key_id);
+	free(c->token_serial);
+	/* The document itself: wiped, whatever happened. */
+	kt_free_secret(c->data, c->data_cap);
+	memset(c, 0, sizeof(*c));
 }
 
 void session_end_find(struct session *s)

@@ -34,6 +34,16 @@ struct crypto_state {
 	CK_BYTE *cert;
 	CK_ULONG cert_len;
 	bool cert_mismatch;         /* a qualified certificate with the key's CKA_ID names another key */
+	/* The signing policy (module/policy/signing.c): what the request and
+	 * the audit record say, and the data a confirm key signs, copied. */
+	unsigned long policy;       /* CK_KT_POLICY_* */
+	bool hash_only;             /* the mechanism gets a hash, not the document */
+	CK_ULONG holder_type;       /* CK_KT_HOLDER_* of the bound certificate */
+	char *signer, *cert_issuer, *cert_serial, *key_label, *key_id, *token_serial;
+	CK_BYTE *data;
+	CK_ULONG data_len, data_cap;
+	unsigned long long streamed; /* bytes given to a streaming op (automatic keys) */
+	char reason[256];           /* why it was refused, for the audit record */
 };
 
 struct find_state {

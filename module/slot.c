@@ -356,6 +356,7 @@ CK_RV slot_table_init(const struct config *cfg)
 			token_free(t);
 			return CKR_HOST_MEMORY;
 		}
+		t->policy = cfg->tokens[i].policy;
 		/* A named token whose file does not exist yet is created
 		 * uninitialised, so C_InitToken can set it up. */
 		if (access(t->path, F_OK) != 0 && errno == ENOENT) {

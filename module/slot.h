@@ -46,6 +46,7 @@ struct token {
 	CK_SLOT_ID slot_id;
 	const struct token_ops *ops;
 	char *path;
+	enum sign_policy policy; /* for keys created here; POLICY_DEFAULT: the module's */
 	struct token_store *store; /* NULL: empty slot, or unrecognised store */
 	bool recognized;
 	struct token_state state; /* cached by token_refresh_state */

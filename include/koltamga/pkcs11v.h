@@ -79,6 +79,15 @@ extern "C" {
 
 #define CKA_KT_LAST CKA_KT_REVOCATION_CHECKED
 
+/* --- private keys: the signing policy, fixed when the key is created ------ */
+#define CKA_KT_SIGN_POLICY (CKA_KT_BASE + 0x40UL) /* CK_ULONG: CK_KT_POLICY_*; read-only */
+#define CK_KT_POLICY_CONFIRM 1UL   /* the signer confirms every signature (law art. 12.2) */
+#define CK_KT_POLICY_AUTOMATIC 2UL /* a seal of an information system (art. 12.4): no prompt */
+
+/* CKA_APPLICATION of a session CKO_DATA object that hands the module the
+ * document being signed (CKA_LABEL its title, CKA_VALUE its bytes). */
+#define KT_SIGN_CONTEXT_APPLICATION "koltamga sign context"
+
 /* CKA_KT_QC_TYPE bits (QcType 0.4.0.1862.1.6.x); 0 when QcType is absent. */
 #define CK_KT_QC_TYPE_ESIGN 0x1UL /* .1 */
 #define CK_KT_QC_TYPE_ESEAL 0x2UL /* .2 */

@@ -36,6 +36,11 @@ s_init_token() {
 s_trust_list() {
 	qualified_checks
 	printf 'trust_list = %s/trust-list.conf\ncrl_dir = %s/crl\n' "$PKI" "$PKI" >>"$KOLTAMGA_CONF"
+	# Qualified keys ask their signer; a scripted one says yes here
+	# (tests/clients/confirm.sh and pinentry-tty.sh test the asking).
+	printf 'sign_policy = confirm\nconfirm = command\nconfirm_program = %s/tests/pinentry/fake-confirm.sh\n' \
+		"$(cd "${KOLTAMGA_SRCDIR:-.}" && pwd)" >>"$KOLTAMGA_CONF"
+
 	cat "$KOLTAMGA_CONF"
 	# The module starts with it (C_Initialize would fail on a bad one).
 	pt --list-token-slots >slots.txt
@@ -201,6 +206,10 @@ s_sign_without_trust_list() {
 }
 
 scenario() {
+	# The scripted signer of the confirm keys says yes (set here: steps
+	# run in subshells).
+	printf 'code=0\n' >"$TDIR/fake-confirm.conf"
+	export KT_FAKE_CONFIRM=$TDIR/fake-confirm.conf
 	kt_step -c init-token s_init_token
 	kt_step -c trust-list s_trust_list
 	kt_step -c person-cert s_person

@@ -88,7 +88,10 @@ kt_target() {
 		MODULE=$KT_MODULE
 		STRICT=1
 		mkdir -p "$TDIR/store"
-		printf 'store = %s\nscrypt_n = 1024\n' "$TDIR/store" >"$TDIR/koltamga.conf"
+		# Seal-like keys: these scenarios test the clients, not the
+		# signer's confirmation (tests/clients/confirm.sh does).
+		printf 'store = %s\nscrypt_n = 1024\nsign_policy = automatic\naudit_log = %s\n' \
+			"$TDIR/store" "$TDIR/audit.log" >"$TDIR/koltamga.conf"
 		KOLTAMGA_CONF=$TDIR/koltamga.conf
 		export KOLTAMGA_CONF
 		# An ASan build of the module needs the sanitizer runtime first in

@@ -88,7 +88,11 @@ int fixture_tmpdir_new(void)
 	} else {
 		snprintf(fx.store, sizeof(fx.store), "%s/store", fx.dir);
 		snprintf(fx.conf, sizeof(fx.conf), "%s/koltamga.conf", fx.dir);
-		snprintf(text, sizeof(text), "store = %s\nscrypt_n = 1024\n", fx.store);
+		/* Keys sign without a person here: the confirmation has tests
+		 * of its own (test-activation). */
+		snprintf(text, sizeof(text),
+			 "store = %s\nscrypt_n = 1024\nsign_policy = automatic\naudit_log = %s/audit.log\n",
+			 fx.store, fx.dir);
 	}
 	if (mkdir(fx.store, 0700) != 0 || write_file(fx.conf, text) != 0)
 		return -1;

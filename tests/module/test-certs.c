@@ -42,7 +42,7 @@
 #define KT_ARC "2.25.276476776255599631008025005096289209468"
 
 static char pki[PATH_MAX]; /* the generated test PKI */
-static char srcdir[PATH_MAX];
+static char srcdir[PATH_MAX], srcdir_abs[PATH_MAX];
 
 static CK_SLOT_ID slot;
 static CK_SESSION_HANDLE s; /* R/W, user logged in */
@@ -55,29 +55,38 @@ enum conf { CONF_NONE, CONF_TRUST, CONF_STALE, CONF_STALE_ALLOW, CONF_TRUST_LEGA
 static enum conf conf_none = CONF_NONE, conf_trust = CONF_TRUST, conf_stale = CONF_STALE,
 		 conf_stale_allow = CONF_STALE_ALLOW;
 
+/* Qualified keys (confirm policy), the signer's "yes" given by the
+ * scripted command backend: these tests are about the certificate checks,
+ * tests/module/test-activation.c about the confirmation. */
 static char *conf_text(enum conf c)
 {
 	static char text[4 * PATH_MAX];
+	char *p = text;
+	size_t room = sizeof(text);
+	int n = snprintf(p, room,
+			 "sign_policy = confirm\nconfirm = command\nconfirm_program = %s/tests/pinentry/fake-confirm.sh\n",
+			 srcdir);
+	p += n;
+	room -= (size_t)n;
 
 	switch (c) {
 	case CONF_NONE:
-		text[0] = '\0';
 		break;
 	case CONF_TRUST:
-		snprintf(text, sizeof(text), "trust_list = %s/trust-list.conf\ncrl_dir = %s/crl\n", pki, pki);
+		snprintf(p, room, "trust_list = %s/trust-list.conf\ncrl_dir = %s/crl\n", pki, pki);
 		break;
 	case CONF_TRUST_LEGACY_CRL:
-		snprintf(text, sizeof(text),
+		snprintf(p, room,
 			 "trust_list = %s/trust-list.conf\ncrl_dir = %s/crl\ncrl_file = %s/legacy-ca.crl\n",
 			 pki, pki, pki);
 		break;
 	case CONF_STALE:
-		snprintf(text, sizeof(text), "trust_list = %s/trust-list.conf\ncrl_dir = %s/crl-stale\n", pki,
+		snprintf(p, room, "trust_list = %s/trust-list.conf\ncrl_dir = %s/crl-stale\n", pki,
 			 pki);
 		break;
 	case CONF_STALE_ALLOW:
 		snprintf(
-		    text, sizeof(text),
+		    p, room,
 		    "trust_list = %s/trust-list.conf\ncrl_dir = %s/crl-stale\nrevocation_unknown = allow\n",
 		    pki, pki);
 		break;
@@ -113,6 +122,9 @@ static int group_setup(void **state)
 	if (fx.softhsm)
 		return 0; /* every test skips */
 	snprintf(srcdir, sizeof(srcdir), "%s", src && *src ? src : ".");
+	if (!realpath(srcdir, srcdir_abs))
+		return -1;
+	snprintf(srcdir, sizeof(srcdir), "%s", srcdir_abs);
 	snprintf(pki, sizeof(pki), "%s/kt-certs-pki-XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	if (!mkdtemp(pki))
 		return -1;
@@ -125,6 +137,13 @@ static int group_setup(void **state)
 		"-crlexts crl_ext -crldays 7 -out legacy-ca.crl 2>/dev/null",
 		pki, pki, srcdir, srcdir) != 0)
 		return -1;
+	/* The scripted signer says yes to every confirmation. */
+	char conf[PATH_MAX + 32];
+	snprintf(conf, sizeof(conf), "%s/fake-confirm.conf", pki);
+	FILE *fp = fopen(conf, "w");
+	if (!fp || fputs("code=0\n", fp) < 0 || fclose(fp) != 0)
+		return -1;
+	setenv("KT_FAKE_CONFIRM", conf, 1);
 	return 0;
 }
 
@@ -184,7 +203,8 @@ static void reconfigure(enum conf c)
 
 static void pki_path(char *out, size_t n, const char *name)
 {
-	snprintf(out, n, "%s/%s", pki, name);
+	int k = snprintf(out, n, "%s/%s", pki, name);
+	assert_true(k > 0 && (size_t)k < n);
 }
 
 static X509 *load_pem_cert(const char *path)
@@ -540,6 +560,17 @@ static bool verifies(X509 *x, const CK_BYTE *sig, CK_ULONG siglen)
 	return ok;
 }
 
+/* C_SignInit plus the per-signature PIN every qualified key asks for. */
+static CK_RV sign_init(CK_SESSION_HANDLE h, CK_MECHANISM *m, CK_OBJECT_HANDLE key)
+{
+	CK_RV rv = F->C_SignInit(h, m, key); /* the real one */
+	CK_BBOOL always = CK_FALSE;
+	CK_ATTRIBUTE a = { CKA_ALWAYS_AUTHENTICATE, &always, sizeof(always) };
+	if (rv == CKR_OK && F->C_GetAttributeValue(h, key, &a, 1) == CKR_OK && always)
+		rv = F->C_Login(h, CKU_CONTEXT_SPECIFIC, FX_PIN(FX_USER_PIN));
+	return rv;
+}
+
 /* C_SignInit, a length query (always answered, no checks), the real call.
  * Returns the real call's answer; stderr of the whole in *log. */
 static CK_RV try_sign(CK_OBJECT_HANDLE priv, CK_BYTE *sig, CK_ULONG *siglen, char **log)
@@ -549,7 +580,7 @@ static CK_RV try_sign(CK_OBJECT_HANDLE priv, CK_BYTE *sig, CK_ULONG *siglen, cha
 	CK_RV rv;
 
 	certfix_stderr_begin();
-	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_OK);
+	assert_int_equal(sign_init(s, &m, priv), CKR_OK);
 	rv = F->C_Sign(s, (CK_BYTE_PTR)msg, sizeof(msg) - 1, NULL, &len);
 	if (rv != CKR_OK) {
 		*log = certfix_stderr_end();
@@ -1088,7 +1119,7 @@ static void test_length_query(void **state)
 	/* C_Sign: the length query answers, without a refusal line; the
 	 * real call refuses and ends the operation. */
 	certfix_stderr_begin();
-	assert_int_equal(F->C_SignInit(s, &m, revoked.priv), CKR_OK);
+	assert_int_equal(sign_init(s, &m, revoked.priv), CKR_OK);
 	len = 0;
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)msg, sizeof(msg) - 1, NULL, &len), CKR_OK);
 	assert_int_equal(len, 64);
@@ -1120,7 +1151,7 @@ static void test_length_query(void **state)
 			 CKR_OPERATION_NOT_INITIALIZED);
 
 	/* Multi-part: C_SignFinal the same way. */
-	assert_int_equal(F->C_SignInit(s, &m, revoked.priv), CKR_OK);
+	assert_int_equal(sign_init(s, &m, revoked.priv), CKR_OK);
 	assert_int_equal(F->C_SignUpdate(s, (CK_BYTE_PTR)msg, 10), CKR_OK);
 	assert_int_equal(F->C_SignUpdate(s, (CK_BYTE_PTR)msg + 10, sizeof(msg) - 11), CKR_OK);
 	len = 0;
@@ -1147,7 +1178,7 @@ static void test_length_query(void **state)
 	person.priv = find_one(CKO_PRIVATE_KEY, "person");
 	refused(revoked.priv, "signature refused (revoked)");
 	signs(person.priv, person.x);
-	assert_int_equal(F->C_SignInit(s, &m, person.priv), CKR_OK);
+	assert_int_equal(sign_init(s, &m, person.priv), CKR_OK);
 	assert_int_equal(F->C_SignUpdate(s, (CK_BYTE_PTR)msg, 10), CKR_OK);
 	assert_int_equal(F->C_SignUpdate(s, (CK_BYTE_PTR)msg + 10, sizeof(msg) - 11), CKR_OK);
 	len = 0;
@@ -1490,7 +1521,7 @@ static void test_companion(void **state)
 		CK_OBJECT_HANDLE priv = find_one(CKO_PRIVATE_KEY, "imported");
 		signs(priv, e.x);
 		len = sizeof(sig);
-		assert_int_equal(F->C_SignInit(s, &m, priv), CKR_OK);
+		assert_int_equal(sign_init(s, &m, priv), CKR_OK);
 		assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)msg, sizeof(msg) - 1, sig, &len), CKR_OK);
 		assert_int_equal(F->C_VerifyInit(s, &m, pub), CKR_OK);
 		assert_int_equal(F->C_Verify(s, (CK_BYTE_PTR)msg, sizeof(msg) - 1, sig, len), CKR_OK);

@@ -164,7 +164,8 @@ static void store_file(char *out, size_t n)
 	while ((e = readdir(d))) {
 		size_t l = strlen(e->d_name);
 		if (l > 5 && strcmp(e->d_name + l - 5, ".ktok") == 0) {
-			snprintf(out, n, "%s/%s", fx.store, e->d_name);
+			int k = snprintf(out, n, "%s/%s", fx.store, e->d_name);
+			assert_true(k > 0 && (size_t)k < n);
 			break;
 		}
 	}
@@ -1805,7 +1806,7 @@ static void poke_token(CK_SLOT_ID sl, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
 	CK_TOKEN_INFO ti;
 	CK_OBJECT_HANDLE found[16], x;
 	CK_ULONG n;
-	CK_BYTE buf[128];
+	CK_BYTE buf[128] = { 0 }; /* set back as a label below: all of it defined */
 	CK_ATTRIBUTE a = { CKA_LABEL, buf, sizeof(buf) };
 	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
 	CK_SLOT_ID slots[16];

@@ -1,0 +1,309 @@
+#include "policy/signing.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "koltamga/pkcs11v.h"
+#include "log.h"
+#include "policy/audit.h"
+#include "policy/confirm.h"
+
+/* A confirm key's data is copied so that what the signer saw is what gets
+ * signed; beyond this it is more than a person can check anyway. */
+#define KEEP_MAX ((CK_ULONG)64 * 1024 * 1024)
+/* Shown to the person when it is text and no longer than this. */
+#define SHOW_MAX (64 * 1024)
+
+static const struct config *conf;
+
+void signing_configure(const struct config *c)
+{
+	conf = c;
+}
+
+static bool same_bytes(const CK_ATTRIBUTE *a, const void *p, size_t n)
+{
+	return a && a->ulValueLen == n && (n == 0 || memcmp(a->pValue, p, n) == 0);
+}
+
+CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv)
+{
+	enum sign_policy p = token_policy != POLICY_DEFAULT ? token_policy : conf->policy;
+	const CK_ATTRIBUTE *id = attrs_get(priv, CKA_ID), *label = attrs_get(priv, CKA_LABEL);
+	for (size_t i = 0; i < conf->n_keys; i++) {
+		const struct config_key *k = &conf->keys[i];
+		if ((k->id && same_bytes(id, k->id, k->id_len)) ||
+		    (k->label && same_bytes(label, k->label, strlen(k->label)))) {
+			p = k->policy;
+			break;
+		}
+	}
+	CK_RV rv = attrs_set_ulong(priv, CKA_KT_SIGN_POLICY,
+				   p == POLICY_AUTOMATIC ? CK_KT_POLICY_AUTOMATIC : CK_KT_POLICY_CONFIRM);
+	/* A qualified key asks for its PIN at every use too, so applications
+	 * that cache PINs still make the person act (the module's own
+	 * confirmation comes on top). */
+	if (rv == CKR_OK && p != POLICY_AUTOMATIC)
+		rv = attrs_set_bool(priv, CKA_ALWAYS_AUTHENTICATE, true);
+	return rv;
+}
+
+static char *hex(const void *p, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	char *s = malloc(2 * n + 1);
+	if (!s)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		s[2 * i] = digits[((const unsigned char *)p)[i] >> 4];
+		s[2 * i + 1] = digits[((const unsigned char *)p)[i] & 15];
+	}
+	s[2 * n] = '\0';
+	return s;
+}
+
+static char *text_of(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
+{
+	const CK_ATTRIBUTE *at = attrs_get(a, type);
+	if (!at || at->ulValueLen == 0 || at->ulValueLen > 4096)
+		return NULL;
+	char *s = malloc(at->ulValueLen + 1);
+	if (s) {
+		memcpy(s, at->pValue, at->ulValueLen);
+		s[at->ulValueLen] = '\0';
+	}
+	return s;
+}
+
+/* Mechanisms that receive a hash (or a DigestInfo) instead of the
+ * document: the person can only be shown the hash. */
+static bool mechanism_hash_only(CK_MECHANISM_TYPE m)
+{
+	return m == CKM_RSA_PKCS || m == CKM_RSA_PKCS_PSS || m == CKM_ECDSA || m == CKM_RSA_X_509;
+}
+
+CK_RV signing_begin(struct crypto_state *c, const char *token_serial, const struct attrs *key,
+		    CK_MECHANISM_TYPE mech)
+{
+	CK_ULONG policy = CK_KT_POLICY_CONFIRM;
+	/* A key from before policies existed is treated as the law's default. */
+	attrs_get_ulong(key, CKA_KT_SIGN_POLICY, &policy);
+	c->policy = policy;
+	c->hash_only = mechanism_hash_only(mech);
+	c->key_label = text_of(key, CKA_LABEL);
+	const CK_ATTRIBUTE *id = attrs_get(key, CKA_ID);
+	if (id && id->ulValueLen)
+		c->key_id = hex(id->pValue, id->ulValueLen);
+	c->token_serial = strdup(token_serial);
+	return c->token_serial ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+bool signing_keeps_data(const struct crypto_state *c)
+{
+	return c->policy == CK_KT_POLICY_CONFIRM;
+}
+
+CK_RV signing_keep(struct crypto_state *c, const CK_BYTE *p, CK_ULONG n)
+{
+	if (n > KEEP_MAX - c->data_len)
+		return CKR_DATA_LEN_RANGE;
+	if (c->data_len + n > c->data_cap) {
+		CK_ULONG cap = c->data_cap ? c->data_cap : 4096;
+		while (cap < c->data_len + n)
+			cap *= 2;
+		/* No realloc: the old buffer holds document bytes and must be
+		 * wiped, not left behind in the heap. */
+		CK_BYTE *d = malloc(cap);
+		if (!d)
+			return CKR_HOST_MEMORY;
+		if (c->data_len)
+			memcpy(d, c->data, c->data_len);
+		kt_free_secret(c->data, c->data_cap);
+		c->data = d;
+		c->data_cap = cap;
+	}
+	if (n)
+		memcpy(c->data + c->data_len, p, n);
+	c->data_len += n;
+	return CKR_OK;
+}
+
+static bool sha256_hex(const CK_BYTE *data, CK_ULONG len, char out[65], unsigned char digest[32])
+{
+	unsigned int n = 0;
+	if (!EVP_Digest(data ? data : (const CK_BYTE *)"", len, digest, &n, EVP_sha256(), NULL) || n != 32)
+		return false;
+	for (int i = 0; i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", digest[i]);
+	return true;
+}
+
+/* Text a person can read: valid UTF-8 without control characters other
+ * than line breaks and tabs. */
+static bool is_text(const CK_BYTE *p, CK_ULONG n)
+{
+	if (n == 0 || n > SHOW_MAX)
+		return false;
+	for (CK_ULONG i = 0; i < n;) {
+		unsigned char b = p[i];
+		if (b < 0x20 && b != '\n' && b != '\r' && b != '\t')
+			return false;
+		if (b < 0x80) {
+			i++;
+			continue;
+		}
+		int more = (b & 0xe0) == 0xc0 ? 1 : (b & 0xf0) == 0xe0 ? 2 : (b & 0xf8) == 0xf0 ? 3 : -1;
+		if (more < 0 || i + more >= n || b == 0xc0 || b == 0xc1)
+			return false;
+		for (int k = 1; k <= more; k++)
+			if ((p[i + k] & 0xc0) != 0x80)
+				return false;
+		i += more + 1;
+	}
+	return true;
+}
+
+static void calling_program(char *buf, size_t len)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+	if (n <= 0)
+		snprintf(buf, len, "unknown program");
+	else
+		buf[n] = '\0';
+}
+
+static struct confirm_config confirm_settings(void)
+{
+	struct confirm_config cc = {
+		.backend = (enum confirm_backend)conf->confirm_backend,
+		.program = conf->confirm_program,
+		.timeout = conf->confirm_timeout,
+	};
+	return cc;
+}
+
+struct request_buf {
+	struct confirm_request req;
+	char digest_hex[65];
+	char code[5];
+	char program[PATH_MAX];
+	char certificate[512];
+	char mechanism[64];
+};
+
+static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG len,
+			  struct request_buf *b)
+{
+	const struct crypto_state *c = &s->crypto;
+	unsigned char digest[32];
+	memset(b, 0, sizeof(*b));
+	if (!sha256_hex(data, len, b->digest_hex, digest))
+		snprintf(b->digest_hex, sizeof(b->digest_hex), "unavailable");
+	/* The code both screens can show: the first 16 bits of the digest. */
+	snprintf(b->code, sizeof(b->code), "%04u", ((unsigned)digest[0] << 8 | digest[1]) % 10000);
+	calling_program(b->program, sizeof(b->program));
+	if (c->cert_issuer || c->cert_serial)
+		snprintf(b->certificate, sizeof(b->certificate), "issued by %s, serial %s",
+			 c->cert_issuer ? c->cert_issuer : "?", c->cert_serial ? c->cert_serial : "?");
+	snprintf(b->mechanism, sizeof(b->mechanism), "%s", kt_mech_name(c->mech ? c->mech->type : 0));
+	b->req.signer = c->signer ? c->signer : c->key_label;
+	b->req.certificate = b->certificate[0] ? b->certificate : NULL;
+	b->req.key_label = c->key_label;
+	b->req.mechanism = b->mechanism;
+	b->req.program = b->program;
+	b->req.pid = (long)getpid();
+	b->req.size = len;
+	b->req.sha256_hex = b->digest_hex;
+	b->req.code = b->code;
+	b->req.hash_only = c->hash_only;
+	if (!c->hash_only && is_text(data, len)) {
+		b->req.content = data;
+		b->req.content_len = len;
+	}
+}
+
+CK_RV signing_activate(struct session *s, const CK_BYTE *data, CK_ULONG len)
+{
+	struct crypto_state *c = &s->crypto;
+	if (c->policy == CK_KT_POLICY_AUTOMATIC) {
+		/* Art. 12.4 and 14.3: only a legal entity's seal signs unattended. */
+		if (c->holder_type == CK_KT_HOLDER_NATURAL_PERSON ||
+		    c->holder_type == CK_KT_HOLDER_REPRESENTATIVE) {
+			snprintf(c->reason, sizeof(c->reason),
+				 "automatic key with a certificate naming a natural person");
+			kt_log("signature refused: %s", c->reason);
+			return CKR_KEY_FUNCTION_NOT_PERMITTED;
+		}
+		return CKR_OK;
+	}
+	struct request_buf b;
+	struct confirm_config cc = confirm_settings();
+	char why[256] = "";
+	request_build(s, data, len, &b);
+	enum confirm_answer a = confirm_ask(&cc, &b.req, why, sizeof(why));
+	if (a == CONFIRM_YES)
+		return CKR_OK;
+	snprintf(c->reason, sizeof(c->reason), "%s", why[0] ? why : "the signer did not confirm");
+	kt_log("signature %s: %s", a == CONFIRM_NO ? "rejected" : "canceled", c->reason);
+	return a == CONFIRM_NO ? CKR_FUNCTION_REJECTED : CKR_FUNCTION_CANCELED;
+}
+
+static const char *decision_of(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_OK:
+		return "signed";
+	case CKR_FUNCTION_REJECTED:
+		return "rejected";
+	case CKR_FUNCTION_CANCELED:
+		return "canceled";
+	case CKR_KEY_FUNCTION_NOT_PERMITTED:
+		return "refused";
+	default:
+		return "failed";
+	}
+}
+
+void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG len)
+{
+	struct crypto_state *c = &s->crypto;
+	struct request_buf b;
+	bool have_data = data != NULL; /* NULL: streamed into the key's digest, not kept */
+
+	if (!c->uses_private_key)
+		return;
+	/* The caller's buffer is only known to hold `len` bytes when the key
+	 * read them all (a signature was made) or when it is our own copy: a
+	 * refused or failed call may come with any length at all. */
+	if (rv != CKR_OK && data != c->data)
+		have_data = false;
+	request_build(s, have_data ? data : NULL, have_data ? len : 0, &b);
+	if (rv == CKR_OK && c->policy == CK_KT_POLICY_CONFIRM) {
+		struct confirm_config cc = confirm_settings();
+		confirm_notify(&cc, &b.req);
+	}
+	if (!conf->audit_log) {
+		kt_log("no audit log (no HOME or XDG_STATE_HOME, and no audit_log configured)");
+		return;
+	}
+	struct audit_record r = {
+		.token = c->token_serial,
+		.key_id_hex = c->key_id,
+		.cert_issuer = c->cert_issuer,
+		.cert_serial = c->cert_serial,
+		.mechanism = b.mechanism,
+		.size = have_data ? len : data ? len : c->streamed,
+		.sha256_hex = have_data ? b.digest_hex : NULL,
+		.program = b.program,
+		.pid = b.req.pid,
+		.decision = decision_of(rv),
+		.reason = rv == CKR_OK ? NULL : c->reason[0] ? c->reason : kt_rv_name(rv),
+	};
+	audit_append(conf->audit_log, &r);
+	kt_wipe(&b, sizeof(b));
+}
