@@ -47,7 +47,7 @@ if [ -z "${KOLTAMGA_MODULE:-}" ]; then
 		mkdir -p "$BUILD"
 		[ -f "$BUILD/Makefile" ] || (cd "$BUILD" && "$ROOT/configure" --quiet)
 	fi
-	make -C "$BUILD" -j"${JOBS:-2}" --no-print-directory koltamga-pkcs11.la >/dev/null
+	make -C "$BUILD" -j"${JOBS:-2}" --no-print-directory koltamga-pkcs11.la tools/koltamga-audit >/dev/null
 	KOLTAMGA_MODULE=$BUILD/.libs/koltamga-pkcs11.so
 fi
 MODULE=$KOLTAMGA_MODULE
@@ -61,9 +61,26 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$WORK/store"
+# Keys are qualified (policy "confirm", the default): every signature is
+# shown to the signer and made only after "yes".  On a terminal with
+# pinentry-tty the real dialog asks you; otherwise scripts/demo-signer.sh
+# stands in for the person and keeps what it was shown.
+SIGNER=$ROOT/scripts/demo-signer.sh
+if [ -t 0 ] && [ -t 1 ] && command -v pinentry-tty >/dev/null 2>&1 && [ -z "${CI:-}" ]; then
+	CONFIRM="confirm = pinentry
+confirm_program = $(command -v pinentry-tty)"
+	export GPG_TTY=$(tty)
+else
+	CONFIRM="confirm = command
+confirm_program = $SIGNER"
+fi
+export DEMO_SIGNER_SAW=$WORK/what-the-signer-saw.txt
 cat >"$WORK/koltamga.conf" <<EOF
-# koltamga demo configuration: one store directory, everything else default.
+# koltamga demo configuration: one store directory, qualified keys.
 store = $WORK/store
+sign_policy = confirm
+$CONFIRM
+audit_log = $WORK/audit.log
 EOF
 export KOLTAMGA_CONF=$WORK/koltamga.conf
 cd "$WORK"
@@ -103,20 +120,20 @@ EOF
 sed 's/^/    | /' contract.txt
 echo "    SHA-256: $(sha256sum contract.txt | cut -d' ' -f1)"
 
-# ---------------------------------------------------------------------------
-# Signature activation (law art. 12.2): the module will show the signer what
-# is being signed and sign only after they confirm.  When that lands, this is
-# the place to set it up for the demo, for example a `command` backend that
-# prints the request and answers "yes" (or a pinentry on a desktop), and to
-# print what the signer saw.  Until then the module signs without asking.
-confirmation_setup() { :; }
-confirmation_setup
-# ---------------------------------------------------------------------------
-
-step "Signing it with pkcs11-tool through koltamga (SHA256-RSA-PKCS)"
+step "Signing it with pkcs11-tool through koltamga (SHA256-RSA-PKCS): the signer confirms"
 run "${P[@]}" "${T[@]}" --login --pin "$USER_PIN" --sign --mechanism SHA256-RSA-PKCS \
 	--id 01 -i contract.txt -o contract.sig
 echo "    signature: $(wc -c <contract.sig) bytes, $(head -c 16 contract.sig | od -An -tx1 | tr -d ' \n')..."
+if [ -f "$DEMO_SIGNER_SAW" ]; then
+	step "What the signer was shown before the signature existed, and the notice after"
+	sed 's/^/    | /' "$DEMO_SIGNER_SAW"
+fi
+
+step "The audit record (metadata only: no document, no PIN), and its hash chain"
+sed 's/^/    /' "$WORK/audit.log"
+if [ -x "$BUILD/tools/koltamga-audit" ]; then
+	run "$BUILD/tools/koltamga-audit" verify "$WORK/audit.log"
+fi
 
 # --- 5. verify with openssl ----------------------------------------------
 step "Exporting the public key and verifying with openssl"
