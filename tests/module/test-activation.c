@@ -1,0 +1,281 @@
+/*
+ * Signature activation through the real module (law art. 12.2): a confirm
+ * key signs only after the signer says yes, exactly once per yes, and what
+ * was shown is what gets signed; refusals and cancellations end the
+ * operation with nothing returned; automatic keys never ask; every decision
+ * is in the audit log.  The signer is tests/pinentry/fake-confirm.sh (the
+ * `command` backend); the pinentry backend has tests/unit/test-confirm.c and
+ * tests/clients/pinentry-tty.sh.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "certfix.h"
+#include "fixture.h"
+#include "koltamga/pkcs11v.h"
+
+#define F (fx.f)
+
+static CK_SLOT_ID slot;
+static CK_SESSION_HANDLE s;
+static char answers[PATH_MAX], asked[PATH_MAX], audit[PATH_MAX];
+static const char doc[] = "Contract 17: the Contractor translates 40 pages for 12 000 KGS.";
+
+static char *slurp(const char *path)
+{
+	FILE *fp = fopen(path, "r");
+	if (!fp)
+		return strdup("");
+	fseek(fp, 0, SEEK_END);
+	long n = ftell(fp);
+	rewind(fp);
+	char *b = calloc(1, (size_t)n + 1);
+	assert_non_null(b);
+	assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
+	fclose(fp);
+	return b;
+}
+
+static int count(const char *hay, const char *needle)
+{
+	int n = 0;
+	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
+}
+
+/* What the scripted signer answers next: 0 yes, 1 no, 2 cancelled. */
+static void signer_answers(int code)
+{
+	FILE *fp = fopen(answers, "w");
+	assert_non_null(fp);
+	fprintf(fp, "out=%s\ncode=%d\n", asked, code);
+	fclose(fp);
+}
+
+static int questions(void)
+{
+	char *a = slurp(asked);
+	int n = count(a, "=== confirm");
+	free(a);
+	return n;
+}
+
+static int setup(void **state)
+{
+	const char *src = getenv("KOLTAMGA_SRCDIR");
+	char srcdir[PATH_MAX], extra[2 * PATH_MAX + 256];
+	if (fixture_setup_uninit(state) != 0 || !realpath(src && *src ? src : ".", srcdir))
+		return -1;
+	snprintf(answers, sizeof(answers), "%s/answers", fx.dir);
+	snprintf(asked, sizeof(asked), "%s/asked", fx.dir);
+	snprintf(audit, sizeof(audit), "%s/audit.log", fx.dir);
+	setenv("KT_FAKE_CONFIRM", answers, 1);
+	signer_answers(0);
+	/* Keys are qualified unless a [key] section names them a seal. */
+	snprintf(extra, sizeof(extra),
+		 "sign_policy = confirm\nconfirm = command\nconfirm_program = %s/tests/pinentry/fake-confirm.sh\n"
+		 "confirm_timeout = 20\n[key]\nlabel = seal\nsign_policy = automatic\n",
+		 srcdir);
+	if (certfix_conf(extra) != 0 || fixture_initialize() != CKR_OK)
+		return -1;
+	slot = fixture_init_token_label("activation");
+	s = fixture_open_user_session(slot);
+	return 0;
+}
+
+static void keypair(const char *label, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+	CK_ATTRIBUTE l[] = { { CKA_LABEL, (void *)label, strlen(label) } };
+	CK_ATTRIBUTE params[] = { { CKA_EC_PARAMS, (void *)fx_p256, fx_p256_len }, { CKA_LABEL, (void *)label, strlen(label) } };
+	assert_int_equal(fixture_gen_keypair(s, CKM_EC_KEY_PAIR_GEN, params, 2, l, 1, pub, priv), CKR_OK);
+}
+
+/* C_SignInit and the per-signature PIN a qualified key asks for. */
+static void sign_init(CK_OBJECT_HANDLE priv, bool context_login)
+{
+	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_OK);
+	if (context_login)
+		assert_int_equal(F->C_Login(s, CKU_CONTEXT_SPECIFIC, FX_PIN(FX_USER_PIN)), CKR_OK);
+}
+
+static void verifies(CK_OBJECT_HANDLE pub, const void *data, size_t len, CK_BYTE *sig, CK_ULONG siglen)
+{
+	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+	assert_int_equal(F->C_VerifyInit(s, &m, pub), CKR_OK);
+	assert_int_equal(F->C_Verify(s, (CK_BYTE_PTR)data, len, sig, siglen), CKR_OK);
+}
+
+static void test_policy_attributes(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv, seal_pub, seal;
+	keypair("person key", &pub, &priv);
+	keypair("seal", &seal_pub, &seal);
+	CK_ULONG policy = 0;
+	CK_BBOOL always = CK_FALSE;
+	CK_ATTRIBUTE a[] = { { CKA_KT_SIGN_POLICY, &policy, sizeof(policy) },
+			     { CKA_ALWAYS_AUTHENTICATE, &always, sizeof(always) } };
+	assert_int_equal(F->C_GetAttributeValue(s, priv, a, 2), CKR_OK);
+	assert_int_equal(policy, CK_KT_POLICY_CONFIRM);
+	assert_true(always);
+	assert_int_equal(F->C_GetAttributeValue(s, seal, a, 2), CKR_OK);
+	assert_int_equal(policy, CK_KT_POLICY_AUTOMATIC);
+	assert_false(always);
+	/* The policy is the module's to decide, and fixed. */
+	policy = CK_KT_POLICY_AUTOMATIC;
+	assert_int_equal(F->C_SetAttributeValue(s, priv, a, 1), CKR_ATTRIBUTE_READ_ONLY);
+	CK_BBOOL no = CK_FALSE;
+	CK_ATTRIBUTE off[] = { { CKA_ALWAYS_AUTHENTICATE, &no, 1 } };
+	assert_int_equal(F->C_SetAttributeValue(s, priv, off, 1), CKR_ATTRIBUTE_READ_ONLY);
+	CK_OBJECT_HANDLE copy;
+	assert_int_equal(F->C_CopyObject(s, priv, a, 1, &copy), CKR_ATTRIBUTE_READ_ONLY);
+	CK_ATTRIBUTE gen[] = { { CKA_KT_SIGN_POLICY, &policy, sizeof(policy) } };
+	CK_ATTRIBUTE params[] = { { CKA_EC_PARAMS, (void *)fx_p256, fx_p256_len } };
+	assert_int_equal(fixture_gen_keypair(s, CKM_EC_KEY_PAIR_GEN, params, 1, gen, 1, &pub, &copy),
+			 CKR_ATTRIBUTE_READ_ONLY);
+}
+
+static void test_confirmed_signature(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE sig[80];
+	CK_ULONG len = 0;
+	keypair("person key", &pub, &priv);
+	sign_init(priv, true);
+	/* A length query neither asks nor signs. */
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, NULL, &len), CKR_OK);
+	assert_int_equal(len, 64);
+	assert_int_equal(questions(), 0);
+	len = sizeof(sig);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OK);
+	assert_int_equal(questions(), 1);
+	verifies(pub, doc, sizeof(doc) - 1, sig, len);
+
+	/* The signer saw the document, its digest and the code; and was told. */
+	char *a = slurp(asked);
+	assert_non_null(strstr(a, doc));
+	assert_non_null(strstr(a, "SHA-256: "));
+	assert_non_null(strstr(a, "Code: "));
+	assert_non_null(strstr(a, "RESULT: signed"));
+	free(a);
+	/* One confirmation, one signature. */
+	len = sizeof(sig);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+	char *log = slurp(audit);
+	assert_int_equal(count(log, "\"decision\":\"signed\""), 1);
+	assert_null(strstr(log, "translates")); /* no document content in the audit */
+	free(log);
+}
+
+static void test_refused_and_canceled(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE sig[80];
+	CK_ULONG len;
+	keypair("person key", &pub, &priv);
+
+	signer_answers(1);
+	sign_init(priv, true);
+	len = sizeof(sig);
+	memset(sig, 0, sizeof(sig));
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_FUNCTION_REJECTED);
+	assert_int_equal(sig[0], 0);
+	/* The operation is over. */
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+
+	signer_answers(2);
+	sign_init(priv, true);
+	len = sizeof(sig);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_FUNCTION_CANCELED);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+
+	char *log = slurp(audit);
+	assert_int_equal(count(log, "\"decision\":\"rejected\""), 1);
+	assert_int_equal(count(log, "\"decision\":\"canceled\""), 1);
+	assert_int_equal(count(log, "\"decision\":\"signed\""), 0);
+	free(log);
+}
+
+static void test_multi_part_asks_once(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE sig[80];
+	CK_ULONG len = sizeof(sig);
+	keypair("person key", &pub, &priv);
+	sign_init(priv, true);
+	assert_int_equal(F->C_SignUpdate(s, (CK_BYTE_PTR)doc, 20), CKR_OK);
+	assert_int_equal(F->C_SignUpdate(s, (CK_BYTE_PTR)doc + 20, sizeof(doc) - 1 - 20), CKR_OK);
+	assert_int_equal(questions(), 0);
+	assert_int_equal(F->C_SignFinal(s, sig, &len), CKR_OK);
+	assert_int_equal(questions(), 1);
+	verifies(pub, doc, sizeof(doc) - 1, sig, len);
+	char *a = slurp(asked);
+	assert_non_null(strstr(a, doc)); /* the whole document, gathered */
+	free(a);
+}
+
+static void test_context_login_still_needed(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE sig[80];
+	CK_ULONG len = sizeof(sig);
+	keypair("person key", &pub, &priv);
+	sign_init(priv, false);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_USER_NOT_LOGGED_IN);
+	/* Refused before anyone was asked. */
+	assert_int_equal(questions(), 0);
+}
+
+static void test_automatic_never_asks(void **state)
+{
+	CK_OBJECT_HANDLE pub, seal;
+	CK_BYTE sig[80];
+	keypair("seal", &pub, &seal);
+	for (int i = 0; i < 3; i++) {
+		CK_ULONG len = sizeof(sig);
+		sign_init(seal, false);
+		assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OK);
+		verifies(pub, doc, sizeof(doc) - 1, sig, len);
+	}
+	assert_int_equal(questions(), 0);
+	char *log = slurp(audit);
+	assert_int_equal(count(log, "\"decision\":\"signed\""), 3);
+	free(log);
+}
+
+static void test_deny_backend(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE sig[80];
+	CK_ULONG len = sizeof(sig);
+	keypair("person key", &pub, &priv);
+	assert_int_equal(certfix_reinit("sign_policy = confirm\nconfirm = deny\n"), CKR_OK);
+	slot = fixture_slot_by_label("activation");
+	s = fixture_open_user_session(slot);
+	/* Token key objects survive; this session key is gone: make another. */
+	keypair("person key", &pub, &priv);
+	sign_init(priv, true);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_FUNCTION_REJECTED);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_policy_attributes, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_confirmed_signature, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_refused_and_canceled, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_multi_part_asks_once, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_context_login_still_needed, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_automatic_never_asks, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_deny_backend, setup, fixture_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
