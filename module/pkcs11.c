@@ -1261,22 +1261,36 @@ static CK_RV crypto_output(struct session *s, const CK_BYTE *data, CK_ULONG len,
 	return rv;
 }
 
-static CK_RV kt_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
-		       CK_ULONG_PTR pulDigestLen)
+static CK_RV sign_output(struct session *s, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE_PTR out,
+			 CK_ULONG_PTR out_len);
+
+/* C_Digest, C_DigestFinal, C_Sign and C_SignFinal: the checks they share,
+ * then the output half of their kind of operation. */
+static CK_RV output_call(CK_SESSION_HANDLE hSession, enum op_kind kind, const CK_BYTE *data, CK_ULONG len,
+			 bool oneshot, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
 {
 	struct session *s;
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	if (s->crypto.kind != OP_DIGEST)
+	if (s->crypto.kind != kind) {
 		rv = CKR_OPERATION_NOT_INITIALIZED;
-	else if (!pulDigestLen || (!pData && ulDataLen)) {
+	} else if (!out_len || (oneshot && !data && len)) {
 		rv = CKR_ARGUMENTS_BAD;
 		session_end_crypto(s);
-	} else
-		rv = crypto_output(s, pData, ulDataLen, true, pDigest, pulDigestLen);
+	} else if (kind == OP_SIGN) {
+		rv = sign_output(s, data, len, oneshot, out, out_len);
+	} else {
+		rv = crypto_output(s, data, len, oneshot, out, out_len);
+	}
 	end(s);
 	return rv;
+}
+
+static CK_RV kt_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
+		       CK_ULONG_PTR pulDigestLen)
+{
+	return output_call(hSession, OP_DIGEST, pData, ulDataLen, true, pDigest, pulDigestLen);
 }
 
 static CK_RV crypto_update(CK_SESSION_HANDLE hSession, enum op_kind kind, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
@@ -1311,19 +1325,7 @@ static CK_RV kt_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_U
 
 static CK_RV kt_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen)
 {
-	struct session *s;
-	CK_RV rv = begin(hSession, &s);
-	if (rv != CKR_OK)
-		return rv;
-	if (s->crypto.kind != OP_DIGEST)
-		rv = CKR_OPERATION_NOT_INITIALIZED;
-	else if (!pulDigestLen) {
-		rv = CKR_ARGUMENTS_BAD;
-		session_end_crypto(s);
-	} else
-		rv = crypto_output(s, NULL, 0, false, pDigest, pulDigestLen);
-	end(s);
-	return rv;
+	return output_call(hSession, OP_DIGEST, NULL, 0, false, pDigest, pulDigestLen);
 }
 
 static bool mechanism_allowed(const struct attrs *key, CK_MECHANISM_TYPE type)
@@ -1553,19 +1555,7 @@ static CK_RV sign_output(struct session *s, const CK_BYTE *data, CK_ULONG len, b
 static CK_RV kt_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
 		     CK_ULONG_PTR pulSignatureLen)
 {
-	struct session *s;
-	CK_RV rv = begin(hSession, &s);
-	if (rv != CKR_OK)
-		return rv;
-	if (s->crypto.kind != OP_SIGN)
-		rv = CKR_OPERATION_NOT_INITIALIZED;
-	else if (!pulSignatureLen || (!pData && ulDataLen)) {
-		rv = CKR_ARGUMENTS_BAD;
-		session_end_crypto(s);
-	} else
-		rv = sign_output(s, pData, ulDataLen, true, pSignature, pulSignatureLen);
-	end(s);
-	return rv;
+	return output_call(hSession, OP_SIGN, pData, ulDataLen, true, pSignature, pulSignatureLen);
 }
 
 static CK_RV kt_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
@@ -1575,19 +1565,7 @@ static CK_RV kt_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULO
 
 static CK_RV kt_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
 {
-	struct session *s;
-	CK_RV rv = begin(hSession, &s);
-	if (rv != CKR_OK)
-		return rv;
-	if (s->crypto.kind != OP_SIGN)
-		rv = CKR_OPERATION_NOT_INITIALIZED;
-	else if (!pulSignatureLen) {
-		rv = CKR_ARGUMENTS_BAD;
-		session_end_crypto(s);
-	} else
-		rv = sign_output(s, NULL, 0, false, pSignature, pulSignatureLen);
-	end(s);
-	return rv;
+	return output_call(hSession, OP_SIGN, NULL, 0, false, pSignature, pulSignatureLen);
 }
 
 static CK_RV kt_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
