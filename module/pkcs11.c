@@ -167,6 +167,7 @@ static CK_RV output_fits(CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_ULONG need)
 static void state_reset(void)
 {
 	session_table_free();
+	signing_flush();
 	slot_table_free();
 	certcheck_free(checker);
 	checker = NULL;

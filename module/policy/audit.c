@@ -356,20 +356,21 @@ static void record_body(struct buf *b, const struct audit_record *rec, const cha
 	buf_adds(b, ",\"prev\":\"");
 }
 
-CK_RV audit_append(const char *path, const struct audit_record *rec)
+/* Append records whose bodies (everything up to the previous record's
+ * hash) are `bodies[0..n)`, in order: each gets the hash of the line
+ * before it, all go out in one write() under the lock, then fsync(). */
+static CK_RV write_bodies(const char *path, struct buf *bodies, size_t n)
 {
 	CK_RV rv = CKR_FUNCTION_FAILED;
-	struct buf line = {0};
+	struct buf out = {0};
 	const char *what = "cannot open";
 	int fd = -1, err = 0;
 	struct stat st;
-	char when[32], prev[HASH_HEX_LEN + 1];
+	char prev[HASH_HEX_LEN + 1];
 	bool partial = false;
-	struct tm tm;
-	time_t now;
 
-	if (!path || !*path || !rec) {
-		what = "no path or record";
+	if (!path || !*path) {
+		what = "no path";
 		err = EINVAL;
 		goto out;
 	}
@@ -390,8 +391,7 @@ CK_RV audit_append(const char *path, const struct audit_record *rec)
 		goto unlock;
 
 	/* Everything from here on sees the file as no one else can change
-	 * it: its size, its last line, and the time, so that the order of
-	 * the lines is the order of the times. */
+	 * it: its size and its last line. */
 	what = "cannot read";
 	if (fstat(fd, &st) < 0) {
 		err = errno;
@@ -400,37 +400,39 @@ CK_RV audit_append(const char *path, const struct audit_record *rec)
 	err = tail_hash(fd, st.st_size, prev, &partial);
 	if (err)
 		goto unlock;
-
-	now = time(NULL);
-	if (!gmtime_r(&now, &tm) || !strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm)) {
-		what = "no time";
-		err = EOVERFLOW;
-		goto unlock;
-	}
 	if (partial)
-		buf_addc(&line, '\n');
-	record_body(&line, rec, when);
-	buf_add(&line, prev, HASH_HEX_LEN);
-	buf_adds(&line, "\"}\n");
-	if (line.failed) {
+		buf_addc(&out, '\n');
+	for (size_t i = 0; i < n; i++) {
+		size_t start = out.len;
+		buf_add(&out, bodies[i].p, bodies[i].len);
+		buf_add(&out, prev, HASH_HEX_LEN);
+		buf_adds(&out, "\"}");
+		if (out.failed || !sha256_hex(out.p + start, out.len - start, prev)) {
+			what = "cannot build the record";
+			err = ENOMEM;
+			goto unlock;
+		}
+		buf_addc(&out, '\n');
+	}
+	if (out.failed) {
 		what = "cannot build the record";
 		err = ENOMEM;
 		goto unlock;
 	}
 
-	/* One write() for the whole line.  Should a regular file take less
+	/* One write() for all the lines.  Should a regular file take less
 	 * (a signal, a nearly full disk), the rest follows under the same
-	 * lock, so no other writer can come between the two parts. */
+	 * lock, so no other writer can come between the parts. */
 	what = "cannot write";
-	for (size_t off = 0; off < line.len;) {
-		ssize_t n = write(fd, line.p + off, line.len - off);
-		if (n < 0 && errno == EINTR)
+	for (size_t off = 0; off < out.len;) {
+		ssize_t k = write(fd, out.p + off, out.len - off);
+		if (k < 0 && errno == EINTR)
 			continue;
-		if (n <= 0) {
-			err = n < 0 ? errno : EIO;
+		if (k <= 0) {
+			err = k < 0 ? errno : EIO;
 			goto unlock;
 		}
-		off += (size_t)n;
+		off += (size_t)k;
 	}
 	/* A signature without its durable record is what the log exists to
 	 * prevent: a failed fsync fails the append. */
@@ -447,7 +449,121 @@ unlock:
 out:
 	if (rv != CKR_OK)
 		kt_log("audit log %s: %s: %s", path ? path : "(none)", what, strerror(err));
-	free(line.p);
+	free(out.p);
+	return rv;
+}
+
+static bool body_of(struct buf *b, const struct audit_record *rec)
+{
+	char when[32];
+	struct tm tm;
+	time_t now = time(NULL);
+	if (!gmtime_r(&now, &tm) || !strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm))
+		return false;
+	record_body(b, rec, when);
+	return !b->failed;
+}
+
+CK_RV audit_append(const char *path, const struct audit_record *rec)
+{
+	struct buf body = {0};
+	CK_RV rv = CKR_FUNCTION_FAILED;
+	if (!rec) {
+		kt_log("audit log %s: no record", path ? path : "(none)");
+		return rv;
+	}
+	if (body_of(&body, rec))
+		rv = write_bodies(path, &body, 1);
+	else
+		kt_log("audit log %s: cannot build the record", path ? path : "(none)");
+	free(body.p);
+	return rv;
+}
+
+/*
+ * Deferred records (seals signing thousands of times a day): kept in
+ * memory and written together, with one fsync, when DEFER_MAX have
+ * gathered, when the oldest is DEFER_SECONDS old (checked at the next
+ * record), or at audit_flush() (C_Finalize).  A crash loses at most that
+ * much of the seal's record; the chain stays verifiable.
+ */
+#define DEFER_MAX 4096
+#define DEFER_SECONDS 1
+
+static pthread_mutex_t defer_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct buf deferred[DEFER_MAX];
+static size_t n_deferred;
+static char *deferred_path;
+static time_t deferred_since;
+
+static CK_RV flush_locked(void)
+{
+	CK_RV rv = CKR_OK;
+	if (n_deferred)
+		rv = write_bodies(deferred_path, deferred, n_deferred);
+	for (size_t i = 0; i < n_deferred; i++) {
+		free(deferred[i].p);
+		memset(&deferred[i], 0, sizeof(deferred[i]));
+	}
+	n_deferred = 0;
+	free(deferred_path);
+	deferred_path = NULL;
+	return rv;
+}
+
+/* A forked child must not write its parent's pending records a second
+ * time: they are the parent's to write. */
+static void defer_atfork_child(void)
+{
+	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+	defer_mutex = fresh;
+	memset(deferred, 0, sizeof(deferred));
+	n_deferred = 0;
+	deferred_path = NULL;
+}
+
+static pthread_once_t defer_once = PTHREAD_ONCE_INIT;
+
+static void defer_register(void)
+{
+	pthread_atfork(NULL, NULL, defer_atfork_child);
+}
+
+CK_RV audit_append_deferred(const char *path, const struct audit_record *rec)
+{
+	CK_RV rv = CKR_OK;
+	if (!path || !rec)
+		return audit_append(path, rec);
+	pthread_once(&defer_once, defer_register);
+	pthread_mutex_lock(&defer_mutex);
+	if (deferred_path && strcmp(deferred_path, path) != 0)
+		rv = flush_locked();
+	if (!deferred_path) {
+		deferred_path = strdup(path);
+		deferred_since = time(NULL);
+	}
+	if (!deferred_path || !body_of(&deferred[n_deferred], rec)) {
+		free(deferred[n_deferred].p);
+		memset(&deferred[n_deferred], 0, sizeof(deferred[n_deferred]));
+		pthread_mutex_unlock(&defer_mutex);
+		/* No memory to defer it: write it now rather than lose it. */
+		return audit_append(path, rec);
+	}
+	n_deferred++;
+	if (n_deferred == DEFER_MAX || time(NULL) - deferred_since >= DEFER_SECONDS) {
+		CK_RV r2 = flush_locked();
+		if (rv == CKR_OK)
+			rv = r2;
+	}
+	pthread_mutex_unlock(&defer_mutex);
+	return rv;
+}
+
+CK_RV audit_flush(void)
+{
+	pthread_mutex_lock(&defer_mutex);
+	CK_RV rv = flush_locked();
+	pthread_mutex_unlock(&defer_mutex);
 	return rv;
 }
 

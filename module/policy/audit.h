@@ -29,6 +29,15 @@ struct audit_record {
  * after one log line. */
 CK_RV audit_append(const char *path, const struct audit_record *rec);
 
+/* The same, for records that may wait: kept in memory and written with
+ * others (one fsync for up to 4096 records, at most a second later, or at
+ * audit_flush).  For automatic (seal) signatures, whose volume would
+ * otherwise cost an fsync each.  A failure to write earlier records is
+ * reported here. */
+CK_RV audit_append_deferred(const char *path, const struct audit_record *rec);
+/* Write the deferred records now (C_Finalize). */
+CK_RV audit_flush(void);
+
 /* Verify a log's chain: 0 when intact; otherwise the 1-based number of the
  * first broken record (and `why` says what is wrong). */
 unsigned long audit_verify(const char *path, char *why, size_t why_len);

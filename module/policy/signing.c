@@ -1,6 +1,7 @@
 #include "policy/signing.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,11 @@ static const struct config *conf;
 void signing_configure(const struct config *c)
 {
 	conf = c;
+}
+
+void signing_flush(void)
+{
+	audit_flush();
 }
 
 static bool same_bytes(const CK_ATTRIBUTE *a, const void *p, size_t n)
@@ -168,13 +174,22 @@ static bool is_text(const CK_BYTE *p, CK_ULONG n)
 	return true;
 }
 
+static char exe_path[PATH_MAX];
+
+static void read_exe(void)
+{
+	ssize_t n = readlink("/proc/self/exe", exe_path, sizeof(exe_path) - 1);
+	exe_path[n > 0 ? n : 0] = '\0';
+}
+
+/* The calling program, read once per process (a seal may sign thousands
+ * of times a second; the answer does not change, except across exec,
+ * which also reloads us, and fork, which keeps the program). */
 static void calling_program(char *buf, size_t len)
 {
-	ssize_t n = readlink("/proc/self/exe", buf, len - 1);
-	if (n <= 0)
-		snprintf(buf, len, "unknown program");
-	else
-		buf[n] = '\0';
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, read_exe);
+	snprintf(buf, len, "%s", exe_path[0] ? exe_path : "unknown program");
 }
 
 static struct confirm_config confirm_settings(void)
@@ -304,6 +319,11 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 		.decision = decision_of(rv),
 		.reason = rv == CKR_OK ? NULL : c->reason[0] ? c->reason : kt_rv_name(rv),
 	};
-	audit_append(conf->audit_log, &r);
+	/* A person's decision is written at once; a seal's routine signature
+	 * may wait for the next batch (module/policy/audit.c). */
+	if (rv == CKR_OK && c->policy == CK_KT_POLICY_AUTOMATIC)
+		audit_append_deferred(conf->audit_log, &r);
+	else
+		audit_append(conf->audit_log, &r);
 	kt_wipe(&b, sizeof(b));
 }

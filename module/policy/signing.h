@@ -22,6 +22,9 @@
 /* Remember the configuration (it outlives every call until C_Finalize). */
 void signing_configure(const struct config *c);
 
+/* Write the audit records still waiting (C_Finalize). */
+void signing_flush(void);
+
 /* The policy for a new private key on token `t`: from a [key] section
  * matching its CKA_ID or CKA_LABEL, else the token's, else the module's.
  * Sets CKA_KT_SIGN_POLICY, and CKA_ALWAYS_AUTHENTICATE for confirm keys. */
