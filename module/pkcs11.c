@@ -198,6 +198,11 @@ static CK_RV policy_init(const struct config *c)
 	return certcheck_new(&cc, &checker);
 }
 
+/* A forked child keeps its parent's state referenced here instead of
+ * freeing it, so leak checkers do not report it as the child's. */
+static struct config *volatile abandoned_config;
+static struct certcheck *volatile abandoned_checker;
+
 static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
 {
 	CK_RV rv;
@@ -225,7 +230,10 @@ static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
 		 * freed (freeing could take locks held at fork time). */
 		initialized = false;
 		forked = false;
+		abandoned_config = config; /* referenced, not freed */
+		abandoned_checker = checker;
 		config = NULL;
+		checker = NULL;
 		session_table_abandon();
 		slot_table_abandon();
 	}

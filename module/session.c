@@ -21,10 +21,17 @@ void session_table_init(void)
 	memset(buckets, 0, sizeof(buckets));
 }
 
+/* A forked child keeps its parent's state referenced here instead of
+ * freeing it, so leak checkers do not report it as the child's. */
+static struct session *volatile abandoned[SESSION_BUCKETS];
+
 void session_table_abandon(void)
 {
+	/* Kept referenced, not freed (see slot_table_abandon). */
 	pthread_rwlock_t fresh = PTHREAD_RWLOCK_INITIALIZER;
 	table_lock = fresh;
+	for (size_t b = 0; b < SESSION_BUCKETS; b++)
+		abandoned[b] = buckets[b];
 	memset(buckets, 0, sizeof(buckets));
 }
 

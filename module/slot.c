@@ -385,13 +385,20 @@ void slot_table_free(void)
 	config = NULL;
 }
 
+/* A forked child keeps its parent's state referenced here instead of
+ * freeing it, so leak checkers do not report it as the child's. */
+static struct token **volatile abandoned;
+
 void slot_table_abandon(void)
 {
 	/* The parent's SQLite handles must not be used here (SQLite forbids
 	 * carrying a connection across fork) nor closed (their locks and WAL
 	 * state are the parent's), so they are simply let go. */
+	/* Kept referenced, not freed: a leak checker should not take the
+	 * parent's state for this child's leak. */
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
 	table_lock = fresh;
+	abandoned = slots;
 	slots = NULL;
 	n_slots = 0;
 	config = NULL;
