@@ -618,9 +618,9 @@ static CK_RV kt_OpenSession_entered(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_P
 	if (!t)
 		return CKR_SLOT_ID_INVALID;
 	token_lock(t);
-	if (!t->recognized)
-		rv = t->path ? CKR_TOKEN_NOT_RECOGNIZED : CKR_TOKEN_NOT_RECOGNIZED;
-	else if (!t->state.initialized)
+	/* An unreadable store and a token not yet initialised both lack a
+	 * token this library can open a session on. */
+	if (!t->recognized || !t->state.initialized)
 		rv = CKR_TOKEN_NOT_RECOGNIZED;
 	token_unlock(t);
 	if (rv != CKR_OK)
