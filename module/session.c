@@ -101,6 +101,7 @@ CK_RV session_open(struct token *t, CK_FLAGS flags, CK_SESSION_HANDLE *out)
 	if (!s)
 		return CKR_HOST_MEMORY;
 	pthread_mutex_init(&s->lock, NULL);
+	s->refs = 1;
 	s->token = t;
 	s->flags = flags;
 
@@ -139,6 +140,25 @@ static struct session *unlink_locked(CK_SESSION_HANDLE h)
 	return NULL;
 }
 
+static void session_unref(struct session *s)
+{
+	if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		session_free(s);
+}
+
+/* After unlinking: wait for a call still running in the session, end it
+ * for the calls queued behind, then drop the table's reference. */
+static void session_retire(struct session *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->closed = true;
+	session_detach(s);
+	session_end_crypto(s);
+	session_end_find(s);
+	pthread_mutex_unlock(&s->lock);
+	session_unref(s);
+}
+
 CK_RV session_close(CK_SESSION_HANDLE h)
 {
 	pthread_rwlock_wrlock(&table_lock);
@@ -146,11 +166,7 @@ CK_RV session_close(CK_SESSION_HANDLE h)
 	pthread_rwlock_unlock(&table_lock);
 	if (!s)
 		return CKR_SESSION_HANDLE_INVALID;
-	/* Wait for a call still running in this session. */
-	pthread_mutex_lock(&s->lock);
-	pthread_mutex_unlock(&s->lock);
-	session_detach(s);
-	session_free(s);
+	session_retire(s);
 	return CKR_OK;
 }
 
@@ -174,10 +190,7 @@ void session_close_all(struct token *t)
 	pthread_rwlock_unlock(&table_lock);
 	while (gone) {
 		struct session *next = gone->next;
-		pthread_mutex_lock(&gone->lock);
-		pthread_mutex_unlock(&gone->lock);
-		session_detach(gone);
-		session_free(gone);
+		session_retire(gone);
 		gone = next;
 	}
 }
@@ -189,10 +202,15 @@ CK_RV session_get(CK_SESSION_HANDLE h, struct session **out)
 	while (s && s->handle != h)
 		s = s->next;
 	if (s)
-		pthread_mutex_lock(&s->lock);
+		__atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
 	pthread_rwlock_unlock(&table_lock);
 	if (!s)
 		return CKR_SESSION_HANDLE_INVALID;
+	pthread_mutex_lock(&s->lock);
+	if (s->closed) {
+		session_put(s);
+		return CKR_SESSION_HANDLE_INVALID;
+	}
 	*out = s;
 	return CKR_OK;
 }
@@ -200,6 +218,7 @@ CK_RV session_get(CK_SESSION_HANDLE h, struct session **out)
 void session_put(struct session *s)
 {
 	pthread_mutex_unlock(&s->lock);
+	session_unref(s);
 }
 
 bool session_is_rw(const struct session *s)

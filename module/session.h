@@ -57,6 +57,11 @@ struct session {
 	struct token *token;
 	CK_FLAGS flags;
 	pthread_mutex_t lock;
+	/* Held by the table and by every call that found the session; the
+	 * last one frees it.  closed (under lock) turns away calls that
+	 * found the session just before C_CloseSession unlinked it. */
+	unsigned refs;
+	bool closed;
 	struct crypto_state crypto;
 	struct find_state find;
 	struct session *next;
@@ -72,7 +77,11 @@ CK_RV session_open(struct token *t, CK_FLAGS flags, CK_SESSION_HANDLE *out);
 CK_RV session_close(CK_SESSION_HANDLE h);
 void session_close_all(struct token *t);
 
-/* The session, locked; CKR_SESSION_HANDLE_INVALID if there is none. */
+/* The session, locked; CKR_SESSION_HANDLE_INVALID if there is none or
+ * it was closed while this call waited for it.  A call that waits for a
+ * busy session (one whose signer is reading a confirmation dialog, say)
+ * holds no table lock meanwhile, so opening and closing other sessions
+ * goes on. */
 CK_RV session_get(CK_SESSION_HANDLE h, struct session **out);
 void session_put(struct session *s);
 

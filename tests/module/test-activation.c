@@ -7,6 +7,7 @@
  * `command` backend); the pinentry backend has tests/unit/test-confirm.c and
  * tests/clients/pinentry-tty.sh.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -66,6 +68,15 @@ static int questions(void)
 	int n = count(a, "=== confirm");
 	free(a);
 	return n;
+}
+
+/* The next signer reads the request, then waits until `gate` exists. */
+static void signer_waits_for(const char *gate)
+{
+	FILE *fp = fopen(answers, "w");
+	assert_non_null(fp);
+	fprintf(fp, "out=%s\ncode=0\ngate=%s\n", asked, gate);
+	fclose(fp);
 }
 
 static int setup(void **state)
@@ -270,6 +281,140 @@ static void test_deny_backend(void **state)
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_FUNCTION_REJECTED);
 }
 
+struct waiting_signer {
+	CK_SESSION_HANDLE session;
+	CK_BYTE sig[80];
+	CK_ULONG len;
+	CK_RV rv;
+	bool done;
+};
+
+static void *sign_doc(void *arg)
+{
+	struct waiting_signer *w = arg;
+	w->len = sizeof(w->sig);
+	w->rv = F->C_Sign(w->session, (CK_BYTE_PTR)doc, sizeof(doc) - 1, w->sig, &w->len);
+	__atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void *close_session(void *arg)
+{
+	struct waiting_signer *w = arg;
+	w->rv = F->C_CloseSession(w->session);
+	__atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void *poll_session(void *arg)
+{
+	struct waiting_signer *w = arg;
+	CK_SESSION_INFO info;
+	w->rv = F->C_GetSessionInfo(w->session, &info);
+	__atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * While one signer reads the dialog, the rest of the process goes on: a
+ * second thread that touches the waiting session (NSS polls session info)
+ * queues behind it without blocking anyone else, and other sessions open,
+ * sign with a seal, find and close.  Regression: the queued call used to
+ * hold the session table, so opening or closing any session waited for
+ * the person (here: until the dialog timed out).
+ */
+static void test_others_work_while_signer_waits(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv, seal_pub, seal;
+	char gate[PATH_MAX];
+	pthread_t signer, poller;
+	struct waiting_signer w = { .session = s }, p = { .session = s };
+	keypair("person key", &pub, &priv);
+	keypair("seal", &seal_pub, &seal);
+	snprintf(gate, sizeof(gate), "%s/answer-now", fx.dir);
+	signer_waits_for(gate);
+
+	sign_init(priv, true);
+	assert_int_equal(pthread_create(&signer, NULL, sign_doc, &w), 0);
+	for (int i = 0; i < 2000 && questions() == 0; i++)
+		usleep(10000);
+	assert_int_equal(questions(), 1); /* the signer has the dialog now */
+	assert_int_equal(pthread_create(&poller, NULL, poll_session, &p), 0);
+	usleep(100000); /* let the poller queue on the busy session */
+
+	for (int round = 0; round < 3; round++) {
+		CK_SESSION_HANDLE other = fixture_open_session(slot, false);
+		CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+		CK_BYTE sig[80];
+		CK_ULONG len = sizeof(sig), found = 0;
+		CK_OBJECT_HANDLE h;
+		assert_int_equal(F->C_SignInit(other, &m, seal), CKR_OK);
+		assert_int_equal(F->C_Sign(other, (CK_BYTE_PTR)doc, 10, sig, &len), CKR_OK);
+		assert_int_equal(F->C_FindObjectsInit(other, NULL, 0), CKR_OK);
+		assert_int_equal(F->C_FindObjects(other, &h, 1, &found), CKR_OK);
+		assert_int_equal(found, 1);
+		assert_int_equal(F->C_FindObjectsFinal(other), CKR_OK);
+		assert_int_equal(F->C_CloseSession(other), CKR_OK);
+	}
+	/* All that happened while the person still looked at the dialog. */
+	assert_false(__atomic_load_n(&w.done, __ATOMIC_ACQUIRE));
+	assert_false(__atomic_load_n(&p.done, __ATOMIC_ACQUIRE));
+
+	FILE *fp = fopen(gate, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	assert_int_equal(pthread_join(signer, NULL), 0);
+	assert_int_equal(pthread_join(poller, NULL), 0);
+	assert_int_equal(w.rv, CKR_OK);
+	assert_int_equal(p.rv, CKR_OK);
+	verifies(pub, doc, sizeof(doc) - 1, w.sig, w.len);
+}
+
+/* A call queued behind a busy session that C_CloseSession then closes is
+ * turned away cleanly, and the signature in flight is not disturbed. */
+static void test_close_while_signer_waits(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	char gate[PATH_MAX];
+	pthread_t signer, poller, closer;
+	CK_SESSION_HANDLE victim = fixture_open_session(slot, false);
+	struct waiting_signer w = { .session = victim }, p = { .session = victim };
+	keypair("person key", &pub, &priv);
+	snprintf(gate, sizeof(gate), "%s/answer-now", fx.dir);
+	signer_waits_for(gate);
+
+	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+	assert_int_equal(F->C_SignInit(victim, &m, priv), CKR_OK);
+	assert_int_equal(F->C_Login(victim, CKU_CONTEXT_SPECIFIC, FX_PIN(FX_USER_PIN)), CKR_OK);
+	assert_int_equal(pthread_create(&signer, NULL, sign_doc, &w), 0);
+	for (int i = 0; i < 2000 && questions() == 0; i++)
+		usleep(10000);
+	assert_int_equal(questions(), 1);
+	assert_int_equal(pthread_create(&poller, NULL, poll_session, &p), 0);
+	usleep(100000);
+	struct waiting_signer c = { .session = victim };
+	assert_int_equal(pthread_create(&closer, NULL, close_session, &c), 0);
+	usleep(300000); /* the closer unlinks at once, then waits for the signer */
+	/* The session is gone for new calls at once ... */
+	CK_SESSION_INFO info;
+	assert_int_equal(F->C_GetSessionInfo(victim, &info), CKR_SESSION_HANDLE_INVALID);
+	/* ... and the rest of the token still works. */
+	CK_SESSION_HANDLE other = fixture_open_session(slot, false);
+	assert_int_equal(F->C_CloseSession(other), CKR_OK);
+
+	FILE *fp = fopen(gate, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	assert_int_equal(pthread_join(signer, NULL), 0);
+	assert_int_equal(pthread_join(poller, NULL), 0);
+	assert_int_equal(pthread_join(closer, NULL), 0);
+	assert_int_equal(w.rv, CKR_OK); /* the signer said yes before the close ended it */
+	verifies(pub, doc, sizeof(doc) - 1, w.sig, w.len);
+	/* The queued call ran before the close or was turned away by it. */
+	assert_true(p.rv == CKR_OK || p.rv == CKR_SESSION_HANDLE_INVALID);
+	assert_int_equal(c.rv, CKR_OK);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -280,6 +425,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_context_login_still_needed, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_automatic_never_asks, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_deny_backend, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_others_work_while_signer_waits, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_close_while_signer_waits, setup, fixture_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

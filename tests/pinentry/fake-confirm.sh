@@ -11,15 +11,18 @@
 #   mode=noread  answer with `code` without reading stdin
 #   mode=chatty  write a lot to stdout and stderr first (must not block)
 #   mode=fromstdin  exit 0/1/2 for "ANSWER=yes|no|cancel" in the request
+#   gate=FILE    after reading stdin, wait until FILE exists (a signer who
+#                takes their time; the test decides when they answer)
 # "notify" always exits 0.  Like fake-pinentry, it also appends its
 # /proc/$$/cmdline to out.argv and /proc/$$/environ to out.environ.
 set -u
-out=/dev/null code=0 mode=plain
+out=/dev/null code=0 mode=plain gate=
 while IFS='=' read -r k v; do
 	case $k in
 	out) out=$v ;;
 	code) code=$v ;;
 	mode) mode=$v ;;
+	gate) gate=$v ;;
 	esac
 done <"${KT_FAKE_CONFIRM:?}"
 
@@ -38,6 +41,9 @@ input=${input%.}
 printf '=== %s\n%s' "${1:-}" "$input" >>"$out"
 
 [ "${1:-}" = notify ] && exit 0
+if [ -n "$gate" ]; then
+	while [ ! -e "$gate" ]; do sleep 0.05; done
+fi
 case $mode in
 sleep) exec sleep 1000 ;;
 signal) kill -KILL $$ ;;
