@@ -27,3 +27,14 @@ void kt_free_secret(void *p, size_t len)
 	kt_wipe(p, len);
 	free(p);
 }
+
+void kt_hex(char *out, const void *p, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	const unsigned char *b = p;
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[b[i] >> 4];
+		out[2 * i + 1] = digits[b[i] & 15];
+	}
+	out[2 * n] = '\0';
+}

@@ -19,4 +19,7 @@ void kt_wipe(void *p, size_t len);
 /* Free memory that held a secret: wiped first, NULL is fine. */
 void kt_free_secret(void *p, size_t len);
 
+/* Lowercase hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
+void kt_hex(char *out, const void *p, size_t n);
+
 #endif

@@ -122,6 +122,15 @@ static void fetch_all(void)
 	ERR_clear_error();
 }
 
+static const EVP_MD *md_get(const char *name);
+
+bool crypto_sha256(const void *data, size_t len, unsigned char out[32])
+{
+	const EVP_MD *md = md_get("SHA256");
+	unsigned int n = 0;
+	return md && EVP_Digest(data ? data : (const void *)"", len, out, &n, md, NULL) && n == 32;
+}
+
 static const EVP_MD *md_get(const char *name)
 {
 	pthread_once(&fetch_once, fetch_all);

@@ -131,4 +131,9 @@ CK_RV crypto_unwrap(const CK_MECHANISM *m, const struct attrs *unwrapping_key, c
 
 CK_RV crypto_random(CK_BYTE *out, CK_ULONG len);
 
+/* SHA-256 of len bytes (data may be NULL when len is 0), with the digest
+ * fetched once per process: the policy layer hashes every signed document
+ * and every audit record. */
+bool crypto_sha256(const void *data, size_t len, unsigned char out[32]);
+
 #endif

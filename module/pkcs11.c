@@ -1369,11 +1369,8 @@ static char *attr_hex(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 {
 	const CK_ATTRIBUTE *at = attrs_get(a, type);
 	char *s = at && at->ulValueLen < 1024 ? malloc(2 * at->ulValueLen + 1) : NULL;
-	if (s) {
-		for (CK_ULONG i = 0; i < at->ulValueLen; i++)
-			snprintf(s + 2 * i, 3, "%02x", ((const CK_BYTE *)at->pValue)[i]);
-		s[2 * at->ulValueLen] = '\0';
-	}
+	if (s)
+		kt_hex(s, at->pValue, at->ulValueLen);
 	return s;
 }
 
@@ -1522,7 +1519,9 @@ static CK_RV sign_gate(struct session *s)
 	if (c->uses_private_key &&
 	    __atomic_load_n(&s->token->login_epoch, __ATOMIC_ACQUIRE) != c->login_epoch)
 		return CKR_USER_NOT_LOGGED_IN;
-	if (c->needs_context_login && !c->context_logged_in)
+	/* A confirm key's own dialog stands in for a missing
+	 * context-specific login (signing_activate). */
+	if (c->needs_context_login && !c->context_logged_in && c->policy != CK_KT_POLICY_CONFIRM)
 		return CKR_USER_NOT_LOGGED_IN;
 	return certificate_gate(s);
 }

@@ -39,9 +39,13 @@
 
 #include <openssl/evp.h>
 
+#include "crypto.h"
 #include "log.h"
 
 #define HASH_HEX_LEN 64
+/* Deferred records written together at most (see audit_append_deferred) */
+#define DEFER_MAX 4096
+#define DEFER_SECONDS 1
 #define TAIL_CHUNK   4096
 
 /* Threads of one process: flock() alone would also serialise them (each
@@ -147,6 +151,17 @@ static void buf_add_json(struct buf *b, const char *s)
 
 	buf_addc(b, '"');
 	while (left) {
+		/* Runs of plain printable ASCII, the whole of most values, go in
+		 * with one copy (a seal writes thousands of records a second). */
+		size_t run = 0;
+		while (run < left && p[run] >= 0x20 && p[run] < 0x7f && p[run] != '"' && p[run] != '\\')
+			run++;
+		if (run) {
+			buf_add(b, p, run);
+			p += run;
+			left -= run;
+			continue;
+		}
 		size_t n = utf8_len(p, left);
 		if (n == 0) {
 			buf_adds(b, "\xef\xbf\xbd");
@@ -154,14 +169,12 @@ static void buf_add_json(struct buf *b, const char *s)
 		} else if (n > 1) {
 			buf_add(b, p, n);
 		} else if (*p == '"' || *p == '\\') {
-			buf_addc(b, '\\');
-			buf_addc(b, (char)*p);
-		} else if (*p < 0x20 || *p == 0x7f) {
+			char esc[2] = { '\\', (char)*p };
+			buf_add(b, esc, 2);
+		} else {
 			char esc[8];
 			snprintf(esc, sizeof(esc), "\\u%04x", *p);
 			buf_adds(b, esc);
-		} else {
-			buf_addc(b, (char)*p);
 		}
 		p += n;
 		left -= n;
@@ -169,23 +182,12 @@ static void buf_add_json(struct buf *b, const char *s)
 	buf_addc(b, '"');
 }
 
-static void hex_of(const unsigned char *md, char hex[HASH_HEX_LEN + 1])
-{
-	static const char digits[] = "0123456789abcdef";
-	for (size_t i = 0; i < HASH_HEX_LEN / 2; i++) {
-		hex[2 * i] = digits[md[i] >> 4];
-		hex[2 * i + 1] = digits[md[i] & 0xf];
-	}
-	hex[HASH_HEX_LEN] = '\0';
-}
-
 static bool sha256_hex(const void *data, size_t len, char hex[HASH_HEX_LEN + 1])
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int md_len = 0;
-	if (!EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL) || md_len != HASH_HEX_LEN / 2)
+	unsigned char md[32];
+	if (!crypto_sha256(data, len, md))
 		return false;
-	hex_of(md, hex);
+	kt_hex(hex, md, sizeof(md));
 	return true;
 }
 
@@ -263,7 +265,7 @@ static int tail_hash(int fd, off_t size, char hex[HASH_HEX_LEN + 1], bool *parti
 	err = ENOMEM;
 	if (!EVP_DigestFinal_ex(ctx, md, &md_len) || md_len != HASH_HEX_LEN / 2)
 		goto out;
-	hex_of(md, hex);
+	kt_hex(hex, md, HASH_HEX_LEN / 2);
 	err = 0;
 out:
 	EVP_MD_CTX_free(ctx);
@@ -356,14 +358,48 @@ static void record_body(struct buf *b, const struct audit_record *rec, const cha
 	buf_adds(b, ",\"prev\":\"");
 }
 
-/* Append records whose bodies (everything up to the previous record's
- * hash) are `bodies[0..n)`, in order: each gets the hash of the line
+/* Records waiting to be written: their bodies (each up to and including
+ * `"prev":"`) one after another in `text`, record i ending at ends[i]. */
+struct batch {
+	struct buf text;
+	size_t ends[DEFER_MAX];
+	size_t n;
+	char *path;
+	time_t since;
+};
+
+static void batch_clear(struct batch *bt)
+{
+	free(bt->text.p);
+	free(bt->path);
+	bt->text = (struct buf){0};
+	bt->n = 0;
+	bt->path = NULL;
+	bt->since = 0;
+}
+
+/* "YYYY-MM-DDTHH:MM:SSZ" for now; formatted once a second per thread. */
+static bool time_text(time_t now, char when[32])
+{
+	static __thread time_t cached_at = (time_t)-1;
+	static __thread char cached[32];
+	struct tm tm;
+	if (now != cached_at) {
+		if (!gmtime_r(&now, &tm) || !strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%SZ", &tm))
+			return false;
+		cached_at = now;
+	}
+	memcpy(when, cached, sizeof(cached));
+	return true;
+}
+
+/* Append the batch's records in order: each gets the hash of the line
  * before it, all go out in one write() under the lock, then fsync(). */
-static CK_RV write_bodies(const char *path, struct buf *bodies, size_t n)
+static CK_RV write_batch(const struct batch *bt)
 {
 	CK_RV rv = CKR_FUNCTION_FAILED;
 	struct buf out = {0};
-	const char *what = "cannot open";
+	const char *path = bt->path, *what = "cannot open";
 	int fd = -1, err = 0;
 	struct stat st;
 	char prev[HASH_HEX_LEN + 1];
@@ -402,9 +438,9 @@ static CK_RV write_bodies(const char *path, struct buf *bodies, size_t n)
 		goto unlock;
 	if (partial)
 		buf_addc(&out, '\n');
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0, from = 0; i < bt->n; from = bt->ends[i++]) {
 		size_t start = out.len;
-		buf_add(&out, bodies[i].p, bodies[i].len);
+		buf_add(&out, bt->text.p + from, bt->ends[i] - from);
 		buf_add(&out, prev, HASH_HEX_LEN);
 		buf_adds(&out, "\"}");
 		if (out.failed || !sha256_hex(out.p + start, out.len - start, prev)) {
@@ -453,61 +489,87 @@ out:
 	return rv;
 }
 
-static bool body_of(struct buf *b, const struct audit_record *rec)
+/* Add a record's body to the batch; false (batch unchanged) without
+ * memory. */
+static bool batch_add(struct batch *bt, const struct audit_record *rec, const char *path)
 {
 	char when[32];
-	struct tm tm;
 	time_t now = time(NULL);
-	if (!gmtime_r(&now, &tm) || !strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm))
+	size_t start = bt->text.len;
+	if (bt->n == DEFER_MAX || !time_text(now, when))
 		return false;
-	record_body(b, rec, when);
-	return !b->failed;
+	if (!bt->path && !(bt->path = strdup(path)))
+		return false;
+	record_body(&bt->text, rec, when);
+	if (bt->text.failed) {
+		/* realloc failure leaves the earlier records intact */
+		bt->text.len = start;
+		bt->text.failed = false;
+		return false;
+	}
+	if (bt->n == 0)
+		bt->since = now;
+	bt->ends[bt->n++] = bt->text.len;
+	return true;
 }
 
 CK_RV audit_append(const char *path, const struct audit_record *rec)
 {
-	struct buf body = {0};
+	struct batch *bt = calloc(1, sizeof(*bt));
 	CK_RV rv = CKR_FUNCTION_FAILED;
-	if (!rec) {
+	if (!rec)
 		kt_log("audit log %s: no record", path ? path : "(none)");
-		return rv;
-	}
-	if (body_of(&body, rec))
-		rv = write_bodies(path, &body, 1);
+	else if (!path || !*path)
+		kt_log("audit log: no path");
+	else if (!bt || !batch_add(bt, rec, path))
+		kt_log("audit log %s: cannot build the record", path);
 	else
-		kt_log("audit log %s: cannot build the record", path ? path : "(none)");
-	free(body.p);
+		rv = write_batch(bt);
+	if (bt)
+		batch_clear(bt);
+	free(bt);
 	return rv;
 }
 
 /*
- * Deferred records (seals signing thousands of times a day): kept in
+ * Deferred records (seals signing thousands of times a second): kept in
  * memory and written together, with one fsync, when DEFER_MAX have
  * gathered, when the oldest is DEFER_SECONDS old (checked at the next
  * record), or at audit_flush() (C_Finalize).  A crash loses at most that
  * much of the seal's record; the chain stays verifiable.
+ *
+ * The thread that finds the batch due takes it whole and writes it
+ * without holding defer_mutex, so the other signing threads go on
+ * filling the next batch during the write and fsync; flush_mutex keeps
+ * the batches in the file in the order they were filled.
  */
-#define DEFER_MAX 4096
-#define DEFER_SECONDS 1
-
 static pthread_mutex_t defer_mutex = PTHREAD_MUTEX_INITIALIZER;
-static struct buf deferred[DEFER_MAX];
-static size_t n_deferred;
-static char *deferred_path;
-static time_t deferred_since;
+static pthread_mutex_t flush_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct batch *pending;
+/* A forked child keeps its parent's batch referenced here (leak checkers
+ * would otherwise call it the child's). */
+static struct batch *volatile abandoned_batch;
 
-static CK_RV flush_locked(void)
+/* Write the pending batch, if any; with flush_mutex held. */
+static CK_RV flush_pending(void)
 {
-	CK_RV rv = CKR_OK;
-	if (n_deferred)
-		rv = write_bodies(deferred_path, deferred, n_deferred);
-	for (size_t i = 0; i < n_deferred; i++) {
-		free(deferred[i].p);
-		memset(&deferred[i], 0, sizeof(deferred[i]));
-	}
-	n_deferred = 0;
-	free(deferred_path);
-	deferred_path = NULL;
+	pthread_mutex_lock(&defer_mutex);
+	struct batch *bt = pending;
+	pending = NULL;
+	pthread_mutex_unlock(&defer_mutex);
+	if (!bt)
+		return CKR_OK;
+	CK_RV rv = write_batch(bt);
+	batch_clear(bt);
+	free(bt);
+	return rv;
+}
+
+static CK_RV flush(void)
+{
+	pthread_mutex_lock(&flush_mutex);
+	CK_RV rv = flush_pending();
+	pthread_mutex_unlock(&flush_mutex);
 	return rv;
 }
 
@@ -517,9 +579,9 @@ static void defer_atfork_child(void)
 {
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
 	defer_mutex = fresh;
-	memset(deferred, 0, sizeof(deferred));
-	n_deferred = 0;
-	deferred_path = NULL;
+	flush_mutex = fresh;
+	abandoned_batch = pending;
+	pending = NULL;
 }
 
 static pthread_once_t defer_once = PTHREAD_ONCE_INIT;
@@ -532,39 +594,41 @@ static void defer_register(void)
 CK_RV audit_append_deferred(const char *path, const struct audit_record *rec)
 {
 	CK_RV rv = CKR_OK;
-	if (!path || !rec)
+	if (!path || !*path || !rec)
 		return audit_append(path, rec);
 	pthread_once(&defer_once, defer_register);
-	pthread_mutex_lock(&defer_mutex);
-	if (deferred_path && strcmp(deferred_path, path) != 0)
-		rv = flush_locked();
-	if (!deferred_path) {
-		deferred_path = strdup(path);
-		deferred_since = time(NULL);
-	}
-	if (!deferred_path || !body_of(&deferred[n_deferred], rec)) {
-		free(deferred[n_deferred].p);
-		memset(&deferred[n_deferred], 0, sizeof(deferred[n_deferred]));
+	for (;;) {
+		pthread_mutex_lock(&defer_mutex);
+		if (!pending)
+			pending = calloc(1, sizeof(*pending));
+		bool other_path = pending && pending->path && strcmp(pending->path, path) != 0;
+		if (pending && !other_path && batch_add(pending, rec, path)) {
+			bool due = pending->n == DEFER_MAX || time(NULL) - pending->since >= DEFER_SECONDS;
+			pthread_mutex_unlock(&defer_mutex);
+			if (due) {
+				CK_RV r2 = flush();
+				if (rv == CKR_OK)
+					rv = r2;
+			}
+			return rv;
+		}
+		bool full = pending && pending->n == DEFER_MAX;
 		pthread_mutex_unlock(&defer_mutex);
-		/* No memory to defer it: write it now rather than lose it. */
-		return audit_append(path, rec);
-	}
-	n_deferred++;
-	if (n_deferred == DEFER_MAX || time(NULL) - deferred_since >= DEFER_SECONDS) {
-		CK_RV r2 = flush_locked();
+		if (!other_path && !full)
+			/* No memory to defer it: write it now rather than
+			 * lose it. */
+			return audit_append(path, rec);
+		/* Another log's records, or a full batch someone else is
+		 * about to write: out with them first, then try again. */
+		CK_RV r2 = flush();
 		if (rv == CKR_OK)
 			rv = r2;
 	}
-	pthread_mutex_unlock(&defer_mutex);
-	return rv;
 }
 
 CK_RV audit_flush(void)
 {
-	pthread_mutex_lock(&defer_mutex);
-	CK_RV rv = flush_locked();
-	pthread_mutex_unlock(&defer_mutex);
-	return rv;
+	return flush();
 }
 
 /* --- verifying ---------------------------------------------------------- */

@@ -24,6 +24,23 @@ struct confirm_config {
 	unsigned timeout;     /* seconds to wait for the person (default 60) */
 };
 
+/*
+ * Collecting the signer's PIN in the same dialog, for applications that
+ * never send a context-specific login (Java SunPKCS11, OpenSSL): pinentry
+ * then asks with GETPIN (the request as its description, "Sign" on the OK
+ * button) instead of CONFIRM.  Each PIN typed goes to check(), which
+ * verifies it against the token (counting failures as C_Login does):
+ * CKR_OK is the signer's yes; CKR_PIN_INCORRECT asks again (SETERROR)
+ * while `tries` last; any other value ends the dialog.  The PIN lives in
+ * wiped memory only and is never logged.  The command backend ignores
+ * this: its program's yes is the signer's act (docs/confirmation.md).
+ */
+struct confirm_pin {
+	CK_RV (*check)(void *ctx, const char *pin, size_t len);
+	void *ctx;
+	unsigned tries; /* PIN attempts in one dialog; 0 means 3 */
+};
+
 /* Everything the person is shown.  Strings are UTF-8, NUL-terminated; any
  * may be NULL when unknown. */
 struct confirm_request {
@@ -41,12 +58,14 @@ struct confirm_request {
 	bool hash_only;           /* the mechanism receives only a hash: say so plainly */
 	const unsigned char *content; /* the document when it is text worth showing, or NULL */
 	size_t content_len;
+	const struct confirm_pin *pin; /* non-NULL: pinentry collects the PIN too */
 };
 
 enum confirm_answer {
 	CONFIRM_YES,
 	CONFIRM_NO,          /* the person refused: CKR_FUNCTION_REJECTED */
 	CONFIRM_CANCELED,    /* cancel, timeout, or no backend reachable: CKR_FUNCTION_CANCELED */
+	CONFIRM_PIN_FAILED,  /* wrong PIN every try, or check() refused: CKR_USER_NOT_LOGGED_IN */
 };
 
 /* Ask, and wait (at most the timeout).  `why` gets a one-line reason for

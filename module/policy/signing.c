@@ -10,9 +10,11 @@
 #include <openssl/evp.h>
 
 #include "koltamga/pkcs11v.h"
+#include "crypto.h"
 #include "log.h"
 #include "policy/audit.h"
 #include "policy/confirm.h"
+#include "slot.h"
 
 /* A confirm key's data is copied so that what the signer saw is what gets
  * signed; beyond this it is more than a person can check anyway. */
@@ -61,15 +63,9 @@ CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv)
 
 static char *hex(const void *p, size_t n)
 {
-	static const char digits[] = "0123456789abcdef";
 	char *s = malloc(2 * n + 1);
-	if (!s)
-		return NULL;
-	for (size_t i = 0; i < n; i++) {
-		s[2 * i] = digits[((const unsigned char *)p)[i] >> 4];
-		s[2 * i + 1] = digits[((const unsigned char *)p)[i] & 15];
-	}
-	s[2 * n] = '\0';
+	if (s)
+		kt_hex(s, p, n);
 	return s;
 }
 
@@ -139,14 +135,18 @@ CK_RV signing_keep(struct crypto_state *c, const CK_BYTE *p, CK_ULONG n)
 	return CKR_OK;
 }
 
-static bool sha256_hex(const CK_BYTE *data, CK_ULONG len, char out[65], unsigned char digest[32])
+/* The document's SHA-256 (hex) and the 4-digit code both screens can
+ * show: the first 16 bits of that digest. */
+static void digest_of(const CK_BYTE *data, CK_ULONG len, char hex[65], char code[5])
 {
-	unsigned int n = 0;
-	if (!EVP_Digest(data ? data : (const CK_BYTE *)"", len, digest, &n, EVP_sha256(), NULL) || n != 32)
-		return false;
-	for (int i = 0; i < 32; i++)
-		snprintf(out + 2 * i, 3, "%02x", digest[i]);
-	return true;
+	unsigned char digest[32];
+	if (!crypto_sha256(data, len, digest)) {
+		snprintf(hex, 65, "unavailable");
+		snprintf(code, 5, "----");
+		return;
+	}
+	kt_hex(hex, digest, sizeof(digest));
+	snprintf(code, 5, "%04u", ((unsigned)digest[0] << 8 | digest[1]) % 10000);
 }
 
 /* Text a person can read: valid UTF-8 without control characters other
@@ -185,11 +185,11 @@ static void read_exe(void)
 /* The calling program, read once per process (a seal may sign thousands
  * of times a second; the answer does not change, except across exec,
  * which also reloads us, and fork, which keeps the program). */
-static void calling_program(char *buf, size_t len)
+static const char *calling_program(void)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	pthread_once(&once, read_exe);
-	snprintf(buf, len, "%s", exe_path[0] ? exe_path : "unknown program");
+	return exe_path[0] ? exe_path : "unknown program";
 }
 
 static struct confirm_config confirm_settings(void)
@@ -206,7 +206,6 @@ struct request_buf {
 	struct confirm_request req;
 	char digest_hex[65];
 	char code[5];
-	char program[PATH_MAX];
 	char certificate[512];
 	char mechanism[64];
 };
@@ -215,13 +214,8 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 			  struct request_buf *b)
 {
 	const struct crypto_state *c = &s->crypto;
-	unsigned char digest[32];
 	memset(b, 0, sizeof(*b));
-	if (!sha256_hex(data, len, b->digest_hex, digest))
-		snprintf(b->digest_hex, sizeof(b->digest_hex), "unavailable");
-	/* The code both screens can show: the first 16 bits of the digest. */
-	snprintf(b->code, sizeof(b->code), "%04u", ((unsigned)digest[0] << 8 | digest[1]) % 10000);
-	calling_program(b->program, sizeof(b->program));
+	digest_of(data, len, b->digest_hex, b->code);
 	if (c->cert_issuer || c->cert_serial)
 		snprintf(b->certificate, sizeof(b->certificate), "issued by %s, serial %s",
 			 c->cert_issuer ? c->cert_issuer : "?", c->cert_serial ? c->cert_serial : "?");
@@ -230,7 +224,7 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 	b->req.certificate = b->certificate[0] ? b->certificate : NULL;
 	b->req.key_label = c->key_label;
 	b->req.mechanism = b->mechanism;
-	b->req.program = b->program;
+	b->req.program = calling_program();
 	b->req.pid = (long)getpid();
 	b->req.size = len;
 	b->req.sha256_hex = b->digest_hex;
@@ -240,6 +234,22 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 		b->req.content = data;
 		b->req.content_len = len;
 	}
+}
+
+/* A PIN typed into the module's own dialog stands for the
+ * context-specific login the application did not send. */
+static CK_RV check_dialog_pin(void *ctx, const char *pin, size_t len)
+{
+	struct session *s = ctx;
+	struct token *t = s->token;
+	CK_RV rv = CKR_USER_NOT_LOGGED_IN;
+	token_lock(t);
+	if (t->login == CKU_USER && __atomic_load_n(&t->login_epoch, __ATOMIC_ACQUIRE) == s->crypto.login_epoch)
+		rv = token_check_pin(t, CKU_USER, (const CK_UTF8CHAR *)pin, len);
+	token_unlock(t);
+	if (rv == CKR_OK)
+		s->crypto.context_logged_in = true;
+	return rv;
 }
 
 CK_RV signing_activate(struct session *s, const CK_BYTE *data, CK_ULONG len)
@@ -258,14 +268,28 @@ CK_RV signing_activate(struct session *s, const CK_BYTE *data, CK_ULONG len)
 	}
 	struct request_buf b;
 	struct confirm_config cc = confirm_settings();
+	struct confirm_pin pin = { .check = check_dialog_pin, .ctx = s };
 	char why[256] = "";
 	request_build(s, data, len, &b);
+	/* The key wants its PIN at every use and the application did not
+	 * give it (Java, OpenSSL never do): the dialog asks for it. */
+	if (c->needs_context_login && !c->context_logged_in)
+		b.req.pin = &pin;
 	enum confirm_answer a = confirm_ask(&cc, &b.req, why, sizeof(why));
 	if (a == CONFIRM_YES)
 		return CKR_OK;
 	snprintf(c->reason, sizeof(c->reason), "%s", why[0] ? why : "the signer did not confirm");
-	kt_log("signature %s: %s", a == CONFIRM_NO ? "rejected" : "canceled", c->reason);
-	return a == CONFIRM_NO ? CKR_FUNCTION_REJECTED : CKR_FUNCTION_CANCELED;
+	switch (a) {
+	case CONFIRM_NO:
+		kt_log("signature rejected: %s", c->reason);
+		return CKR_FUNCTION_REJECTED;
+	case CONFIRM_PIN_FAILED:
+		kt_log("signature refused: %s", c->reason);
+		return CKR_USER_NOT_LOGGED_IN;
+	default:
+		kt_log("signature canceled: %s", c->reason);
+		return CKR_FUNCTION_CANCELED;
+	}
 }
 
 static const char *decision_of(CK_RV rv)
@@ -278,6 +302,7 @@ static const char *decision_of(CK_RV rv)
 	case CKR_FUNCTION_CANCELED:
 		return "canceled";
 	case CKR_KEY_FUNCTION_NOT_PERMITTED:
+	case CKR_USER_NOT_LOGGED_IN:
 		return "refused";
 	default:
 		return "failed";
@@ -287,8 +312,8 @@ static const char *decision_of(CK_RV rv)
 void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG len)
 {
 	struct crypto_state *c = &s->crypto;
-	struct request_buf b;
 	bool have_data = data != NULL; /* NULL: streamed into the key's digest, not kept */
+	char digest_hex[65];
 
 	if (!c->uses_private_key)
 		return;
@@ -297,25 +322,31 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 	 * refused or failed call may come with any length at all. */
 	if (rv != CKR_OK && data != c->data)
 		have_data = false;
-	request_build(s, have_data ? data : NULL, have_data ? len : 0, &b);
 	if (rv == CKR_OK && c->policy == CK_KT_POLICY_CONFIRM) {
+		struct request_buf b;
 		struct confirm_config cc = confirm_settings();
+		request_build(s, have_data ? data : NULL, have_data ? len : 0, &b);
 		confirm_notify(&cc, &b.req);
+		kt_wipe(&b, sizeof(b));
 	}
 	if (!conf->audit_log) {
 		kt_log("no audit log (no HOME or XDG_STATE_HOME, and no audit_log configured)");
 		return;
+	}
+	if (have_data) {
+		char code[5];
+		digest_of(data, len, digest_hex, code);
 	}
 	struct audit_record r = {
 		.token = c->token_serial,
 		.key_id_hex = c->key_id,
 		.cert_issuer = c->cert_issuer,
 		.cert_serial = c->cert_serial,
-		.mechanism = b.mechanism,
+		.mechanism = kt_mech_name(c->mech ? c->mech->type : 0),
 		.size = have_data ? len : data ? len : c->streamed,
-		.sha256_hex = have_data ? b.digest_hex : NULL,
-		.program = b.program,
-		.pid = b.req.pid,
+		.sha256_hex = have_data ? digest_hex : NULL,
+		.program = calling_program(),
+		.pid = (long)getpid(),
 		.decision = decision_of(rv),
 		.reason = rv == CKR_OK ? NULL : c->reason[0] ? c->reason : kt_rv_name(rv),
 	};
@@ -325,5 +356,4 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 		audit_append_deferred(conf->audit_log, &r);
 	else
 		audit_append(conf->audit_log, &r);
-	kt_wipe(&b, sizeof(b));
 }

@@ -233,15 +233,47 @@ static void test_multi_part_asks_once(void **state)
 	free(a);
 }
 
-static void test_context_login_still_needed(void **state)
+/* Java and OpenSSL never send the context-specific login a qualified key
+ * asks for: the module's own dialog stands in for it (the command
+ * backend's yes; pinentry collects the PIN, tests/unit/test-confirm.c). */
+static void test_dialog_stands_in_for_context_login(void **state)
 {
 	CK_OBJECT_HANDLE pub, priv;
 	CK_BYTE sig[80];
 	CK_ULONG len = sizeof(sig);
 	keypair("person key", &pub, &priv);
 	sign_init(priv, false);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OK);
+	assert_int_equal(questions(), 1);
+	verifies(pub, doc, sizeof(doc) - 1, sig, len);
+
+	/* ... and a "no" still means no signature. */
+	signer_answers(1);
+	sign_init(priv, false);
+	len = sizeof(sig);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_FUNCTION_REJECTED);
+	assert_int_equal(questions(), 2);
+}
+
+/* A seal that its owner made demand per-use authentication gets it the
+ * specification's way: without the context-specific login it does not
+ * sign, and nobody is asked. */
+static void test_automatic_key_context_login(void **state)
+{
+	CK_OBJECT_HANDLE pub, seal;
+	CK_BBOOL yes = CK_TRUE;
+	CK_BYTE sig[80];
+	CK_ULONG len = sizeof(sig);
+	const char *label = "seal";
+	CK_ATTRIBUTE priv_t[] = { { CKA_LABEL, (void *)label, strlen(label) }, { CKA_ALWAYS_AUTHENTICATE, &yes, sizeof(yes) } };
+	CK_ATTRIBUTE params[] = { { CKA_EC_PARAMS, (void *)fx_p256, fx_p256_len } };
+	assert_int_equal(fixture_gen_keypair(s, CKM_EC_KEY_PAIR_GEN, params, 1, priv_t, 2, &pub, &seal), CKR_OK);
+	sign_init(seal, false);
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_USER_NOT_LOGGED_IN);
-	/* Refused before anyone was asked. */
+	sign_init(seal, true);
+	len = sizeof(sig);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OK);
+	verifies(pub, doc, sizeof(doc) - 1, sig, len);
 	assert_int_equal(questions(), 0);
 }
 
@@ -422,7 +454,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_confirmed_signature, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_refused_and_canceled, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_multi_part_asks_once, setup, fixture_teardown),
-		cmocka_unit_test_setup_teardown(test_context_login_still_needed, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_dialog_stands_in_for_context_login, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_automatic_key_context_login, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_automatic_never_asks, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_deny_backend, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_others_work_while_signer_waits, setup, fixture_teardown),
