@@ -124,11 +124,16 @@ static void fetch_all(void)
 
 static const EVP_MD *md_get(const char *name);
 
+bool crypto_digest(const char *name, const void *data, size_t len, unsigned char *out)
+{
+	const EVP_MD *md = md_get(name);
+	unsigned int n = 0;
+	return md && EVP_Digest(data ? data : (const void *)"", len, out, &n, md, NULL) && n > 0;
+}
+
 bool crypto_sha256(const void *data, size_t len, unsigned char out[32])
 {
-	const EVP_MD *md = md_get("SHA256");
-	unsigned int n = 0;
-	return md && EVP_Digest(data ? data : (const void *)"", len, out, &n, md, NULL) && n == 32;
+	return crypto_digest("SHA256", data, len, out);
 }
 
 static const EVP_MD *md_get(const char *name)

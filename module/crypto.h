@@ -135,5 +135,8 @@ CK_RV crypto_random(CK_BYTE *out, CK_ULONG len);
  * fetched once per process: the policy layer hashes every signed document
  * and every audit record. */
 bool crypto_sha256(const void *data, size_t len, unsigned char out[32]);
+/* The same for any digest crypto.c knows ("SHA224" ... "SHA512"); out has
+ * room for EVP_MAX_MD_SIZE bytes. */
+bool crypto_digest(const char *name, const void *data, size_t len, unsigned char *out);
 
 #endif

@@ -1458,7 +1458,7 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 			token_key_certificates(t, key, bind_certificate, &b);
 			rv = b.rv;
 			if (rv == CKR_OK)
-				rv = signing_begin(&s->crypto, t->state.serial, key->attrs, m->mechanism);
+				rv = signing_begin(&s->crypto, t, s->handle, key->attrs, m->mechanism);
 		}
 	}
 	token_unlock(t);

@@ -48,6 +48,11 @@ void session_end_crypto(struct session *s)
 	free(c->token_serial);
 	/* The document itself: wiped, whatever happened. */
 	kt_free_secret(c->data, c->data_cap);
+	for (size_t i = 0; i < c->n_docs; i++) {
+		kt_free_secret(c->docs[i].title, c->docs[i].title ? strlen(c->docs[i].title) : 0);
+		kt_free_secret(c->docs[i].value, c->docs[i].len);
+	}
+	free(c->docs);
 	memset(c, 0, sizeof(*c));
 }
 

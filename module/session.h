@@ -20,6 +20,14 @@
 
 enum op_kind { OP_NONE, OP_SIGN, OP_VERIFY, OP_DIGEST };
 
+/* A document the application handed over for the signature under way (a
+ * sign-context object, copied at C_SignInit). */
+struct sign_doc {
+	char *title;
+	CK_BYTE *value;
+	CK_ULONG len;
+};
+
 struct crypto_state {
 	enum op_kind kind;
 	struct crypto_op *op;
@@ -43,6 +51,9 @@ struct crypto_state {
 	CK_BYTE *data;
 	CK_ULONG data_len, data_cap;
 	unsigned long long streamed; /* bytes given to a streaming op (automatic keys) */
+	struct sign_doc *docs;      /* the sign context, if the application gave one */
+	size_t n_docs;
+	bool confidential;          /* a document is marked CKA_KT_CONFIDENTIAL */
 	char reason[256];           /* why it was refused, for the audit record */
 };
 

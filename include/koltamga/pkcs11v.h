@@ -85,8 +85,14 @@ extern "C" {
 #define CK_KT_POLICY_AUTOMATIC 2UL /* a seal of an information system (art. 12.4): no prompt */
 
 /* CKA_APPLICATION of a session CKO_DATA object that hands the module the
- * document being signed (CKA_LABEL its title, CKA_VALUE its bytes). */
+ * document being signed (CKA_LABEL its title, CKA_VALUE its bytes),
+ * created in the signing session before C_SignInit; several such objects
+ * for a package of documents.  docs/confirmation.md says how they must
+ * match what is signed. */
 #define KT_SIGN_CONTEXT_APPLICATION "koltamga sign context"
+/* CK_BBOOL on a sign-context object: the document is confidential, so the
+ * audit record of its signature carries no digest of it. */
+#define CKA_KT_CONFIDENTIAL (CKA_KT_BASE + 0x41UL)
 
 /* CKA_KT_QC_TYPE bits (QcType 0.4.0.1862.1.6.x); 0 when QcType is absent. */
 #define CK_KT_QC_TYPE_ESIGN 0x1UL /* .1 */

@@ -89,7 +89,57 @@ static bool mechanism_hash_only(CK_MECHANISM_TYPE m)
 	return m == CKM_RSA_PKCS || m == CKM_RSA_PKCS_PSS || m == CKM_ECDSA || m == CKM_RSA_X_509;
 }
 
-CK_RV signing_begin(struct crypto_state *c, const char *token_serial, const struct attrs *key,
+static int handle_order(const void *a, const void *b)
+{
+	CK_OBJECT_HANDLE x = *(const CK_OBJECT_HANDLE *)a, y = *(const CK_OBJECT_HANDLE *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Copy the sign context: the documents this session handed over
+ * (KT_SIGN_CONTEXT_APPLICATION objects it created), in creation order.
+ * Objects of other sessions never count: what a dialog shows must come
+ * from the application asking for this signature. */
+static CK_RV context_gather(struct crypto_state *c, struct token *t, CK_SESSION_HANDLE session)
+{
+	CK_OBJECT_CLASS data = CKO_DATA;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &data, sizeof(data) },
+		{ CKA_APPLICATION, (void *)KT_SIGN_CONTEXT_APPLICATION, sizeof(KT_SIGN_CONTEXT_APPLICATION) - 1 },
+	};
+	CK_OBJECT_HANDLE *h = NULL;
+	size_t n = 0;
+	CK_RV rv = token_find(t, tmpl, KT_ARRAY_SIZE(tmpl), &h, &n);
+	if (rv != CKR_OK)
+		return rv;
+	qsort(h, n, sizeof(*h), handle_order);
+	for (size_t i = 0; i < n && rv == CKR_OK; i++) {
+		const struct object *o = token_object_get(t, h[i]);
+		if (!o || o->owner != session)
+			continue;
+		if (!c->docs && !(c->docs = calloc(n, sizeof(*c->docs)))) {
+			rv = CKR_HOST_MEMORY;
+			break;
+		}
+		struct sign_doc *d = &c->docs[c->n_docs];
+		const CK_ATTRIBUTE *v = attrs_get(o->attrs, CKA_VALUE);
+		d->title = text_of(o->attrs, CKA_LABEL);
+		d->len = v ? v->ulValueLen : 0;
+		d->value = malloc(d->len ? d->len : 1);
+		if (!d->value) {
+			rv = CKR_HOST_MEMORY;
+			break;
+		}
+		if (d->len)
+			memcpy(d->value, v->pValue, d->len);
+		c->n_docs++;
+		if (attrs_bool(o->attrs, CKA_KT_CONFIDENTIAL, false))
+			c->confidential = true;
+	}
+	free(h);
+	return rv;
+}
+
+CK_RV signing_begin(struct crypto_state *c, struct token *t, CK_SESSION_HANDLE session, const struct attrs *key,
 		    CK_MECHANISM_TYPE mech)
 {
 	CK_ULONG policy = CK_KT_POLICY_CONFIRM;
@@ -101,8 +151,22 @@ CK_RV signing_begin(struct crypto_state *c, const char *token_serial, const stru
 	const CK_ATTRIBUTE *id = attrs_get(key, CKA_ID);
 	if (id && id->ulValueLen)
 		c->key_id = hex(id->pValue, id->ulValueLen);
-	c->token_serial = strdup(token_serial);
-	return c->token_serial ? CKR_OK : CKR_HOST_MEMORY;
+	c->token_serial = strdup(t->state.serial);
+	if (!c->token_serial)
+		return CKR_HOST_MEMORY;
+	if (policy != CK_KT_POLICY_CONFIRM)
+		return CKR_OK;
+	CK_RV rv = context_gather(c, t, session);
+	if (rv != CKR_OK)
+		return rv;
+	/* strict: a person signs only what they can see.  A hash alone shows
+	 * them nothing, unless the document behind it came along. */
+	if (conf->strict && c->hash_only && c->n_docs == 0) {
+		kt_log("signature refused: strict policy: %s receives only a hash and no sign context was given",
+		       kt_mech_name(mech));
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	}
+	return CKR_OK;
 }
 
 bool signing_keeps_data(const struct crypto_state *c)
@@ -236,6 +300,111 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 	}
 }
 
+/* DigestInfo prefixes (RFC 8017 9.2, note 1): CKM_RSA_PKCS receives one of
+ * these followed by the hash. */
+static const struct {
+	const char *md;
+	size_t hash_len;
+	unsigned char prefix[19];
+} digest_infos[] = {
+	{ "SHA224", 28, { 0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05, 0x00, 0x04, 0x1c } },
+	{ "SHA256", 32, { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 } },
+	{ "SHA384", 48, { 0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30 } },
+	{ "SHA512", 64, { 0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40 } },
+};
+
+/*
+ * Is document `d` what these `data` bytes sign?  Either the data is the
+ * document itself; or, for a mechanism that receives a hash, the data is
+ * the document's SHA-2 hash (in a DigestInfo for CKM_RSA_PKCS); or, for one
+ * that hashes its input, the data carries the document's SHA-2 hash, raw
+ * (CMS signed attributes' messageDigest) or in base64 (an XML signature's
+ * DigestValue).  Anything else is a mismatch: the person would see one
+ * document while the key signs another.
+ */
+static bool document_covered(const struct sign_doc *d, const CK_BYTE *data, CK_ULONG len, bool hash_only,
+			     CK_MECHANISM_TYPE mech)
+{
+	if (!data)
+		data = (const CK_BYTE *)"";
+	if (!hash_only && d->len == len && (len == 0 || memcmp(d->value, data, len) == 0))
+		return true;
+	for (size_t i = 0; i < KT_ARRAY_SIZE(digest_infos); i++) {
+		unsigned char h[64];
+		unsigned char b64[4 * ((64 + 2) / 3) + 1];
+		size_t hl = digest_infos[i].hash_len;
+		if (!crypto_digest(digest_infos[i].md, d->value, d->len, h))
+			continue;
+		if (hash_only) {
+			size_t pl = mech == CKM_RSA_PKCS ? sizeof(digest_infos[i].prefix) : 0;
+			if (len == pl + hl && memcmp(data, digest_infos[i].prefix, pl) == 0 &&
+			    memcmp(data + pl, h, hl) == 0)
+				return true;
+			continue;
+		}
+		if (memmem(data, len, h, hl))
+			return true;
+		int bl = EVP_EncodeBlock(b64, h, (int)hl);
+		if (bl > 0 && memmem(data, len, b64, (size_t)bl))
+			return true;
+	}
+	return false;
+}
+
+/* Every document of the sign context must be covered by what is signed. */
+static CK_RV context_check(struct crypto_state *c, const CK_BYTE *data, CK_ULONG len)
+{
+	CK_MECHANISM_TYPE mech = c->mech ? c->mech->type : 0;
+	for (size_t i = 0; i < c->n_docs; i++) {
+		if (document_covered(&c->docs[i], data, len, c->hash_only, mech))
+			continue;
+		snprintf(c->reason, sizeof(c->reason),
+			 "sign context document %zu of %zu does not match the data to be signed", i + 1, c->n_docs);
+		kt_log("signature refused: %s", c->reason);
+		return CKR_DATA_INVALID;
+	}
+	return CKR_OK;
+}
+
+/* What the dialog calls the signature: the documents' titles and sizes. */
+static char *context_title(const struct crypto_state *c)
+{
+	size_t cap = 64;
+	for (size_t i = 0; i < c->n_docs; i++)
+		cap += (c->docs[i].title ? strlen(c->docs[i].title) : 10) + 48;
+	char *t = malloc(cap);
+	if (!t)
+		return NULL;
+	size_t o = 0;
+	if (c->n_docs > 1)
+		o += (size_t)snprintf(t + o, cap - o, "%zu documents: ", c->n_docs);
+	for (size_t i = 0; i < c->n_docs; i++)
+		o += (size_t)snprintf(t + o, cap - o, "%s%s (%lu bytes)", i ? "; " : "",
+				      c->docs[i].title ? c->docs[i].title : "untitled", (unsigned long)c->docs[i].len);
+	return t;
+}
+
+/* The request as the person sees it: with a sign context, its titles and
+ * the document itself rather than the bytes an application derived from
+ * it (a hash, CMS attributes).  *title is for the caller to free. */
+static void request_for(const struct session *s, const CK_BYTE *data, CK_ULONG len, struct request_buf *b,
+			char **title)
+{
+	const struct crypto_state *c = &s->crypto;
+	request_build(s, data, len, b);
+	*title = NULL;
+	if (!c->n_docs)
+		return;
+	b->req.title = *title = context_title(c);
+	b->req.hash_only = false;
+	b->req.content = NULL;
+	b->req.content_len = 0;
+	if (c->n_docs == 1 && is_text(c->docs[0].value, c->docs[0].len)) {
+		b->req.content = c->docs[0].value;
+		b->req.content_len = c->docs[0].len;
+	}
+}
+
 /* A PIN typed into the module's own dialog stands for the
  * context-specific login the application did not send. */
 static CK_RV check_dialog_pin(void *ctx, const char *pin, size_t len)
@@ -270,12 +439,17 @@ CK_RV signing_activate(struct session *s, const CK_BYTE *data, CK_ULONG len)
 	struct confirm_config cc = confirm_settings();
 	struct confirm_pin pin = { .check = check_dialog_pin, .ctx = s };
 	char why[256] = "";
-	request_build(s, data, len, &b);
+	CK_RV rv = context_check(c, data, len);
+	if (rv != CKR_OK)
+		return rv;
+	char *title;
+	request_for(s, data, len, &b, &title);
 	/* The key wants its PIN at every use and the application did not
 	 * give it (Java, OpenSSL never do): the dialog asks for it. */
 	if (c->needs_context_login && !c->context_logged_in)
 		b.req.pin = &pin;
 	enum confirm_answer a = confirm_ask(&cc, &b.req, why, sizeof(why));
+	free(title);
 	if (a == CONFIRM_YES)
 		return CKR_OK;
 	snprintf(c->reason, sizeof(c->reason), "%s", why[0] ? why : "the signer did not confirm");
@@ -303,6 +477,7 @@ static const char *decision_of(CK_RV rv)
 		return "canceled";
 	case CKR_KEY_FUNCTION_NOT_PERMITTED:
 	case CKR_USER_NOT_LOGGED_IN:
+	case CKR_DATA_INVALID:
 		return "refused";
 	default:
 		return "failed";
@@ -325,15 +500,17 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 	if (rv == CKR_OK && c->policy == CK_KT_POLICY_CONFIRM) {
 		struct request_buf b;
 		struct confirm_config cc = confirm_settings();
-		request_build(s, have_data ? data : NULL, have_data ? len : 0, &b);
+		char *title;
+		request_for(s, have_data ? data : NULL, have_data ? len : 0, &b, &title);
 		confirm_notify(&cc, &b.req);
 		kt_wipe(&b, sizeof(b));
+		free(title);
 	}
 	if (!conf->audit_log) {
 		kt_log("no audit log (no HOME or XDG_STATE_HOME, and no audit_log configured)");
 		return;
 	}
-	if (have_data) {
+	if (have_data && !c->confidential) {
 		char code[5];
 		digest_of(data, len, digest_hex, code);
 	}
@@ -344,7 +521,8 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 		.cert_serial = c->cert_serial,
 		.mechanism = kt_mech_name(c->mech ? c->mech->type : 0),
 		.size = have_data ? len : data ? len : c->streamed,
-		.sha256_hex = have_data ? digest_hex : NULL,
+		/* A confidential document leaves no digest behind. */
+		.sha256_hex = have_data && !c->confidential ? digest_hex : NULL,
 		.program = calling_program(),
 		.pid = (long)getpid(),
 		.decision = decision_of(rv),

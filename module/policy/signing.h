@@ -30,8 +30,11 @@ void signing_flush(void);
  * Sets CKA_KT_SIGN_POLICY, and CKA_ALWAYS_AUTHENTICATE for confirm keys. */
 CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv);
 
-/* At C_SignInit (token locked): what the request and the audit need. */
-CK_RV signing_begin(struct crypto_state *c, const char *token_serial, const struct attrs *key,
+/* At C_SignInit (token locked): what the request and the audit need, and
+ * for confirm keys the sign context of `session` (KT_SIGN_CONTEXT_APPLICATION
+ * objects it created).  CKR_KEY_FUNCTION_NOT_PERMITTED under the strict
+ * policy for a hash-only mechanism without a context. */
+CK_RV signing_begin(struct crypto_state *c, struct token *t, CK_SESSION_HANDLE session, const struct attrs *key,
 		    CK_MECHANISM_TYPE mech);
 
 /* Does this operation keep the data itself (confirm keys)? */
@@ -41,7 +44,9 @@ CK_RV signing_keep(struct crypto_state *c, const CK_BYTE *p, CK_ULONG n);
 
 /* Right before the key signs `data` (NULL when streamed): ask the signer
  * for confirm keys, refuse automatic keys of natural persons.
- * CKR_OK, CKR_FUNCTION_REJECTED, CKR_FUNCTION_CANCELED or
+ * A sign context must match what is signed (CKR_DATA_INVALID otherwise).
+ * CKR_OK, CKR_FUNCTION_REJECTED, CKR_FUNCTION_CANCELED, CKR_DATA_INVALID,
+ * CKR_USER_NOT_LOGGED_IN (the dialog's PIN was wrong) or
  * CKR_KEY_FUNCTION_NOT_PERMITTED (with c->reason set). */
 CK_RV signing_activate(struct session *s, const CK_BYTE *data, CK_ULONG len);
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
 
 #include "certfix.h"
 #include "fixture.h"
@@ -28,6 +29,7 @@
 static CK_SLOT_ID slot;
 static CK_SESSION_HANDLE s;
 static char answers[PATH_MAX], asked[PATH_MAX], audit[PATH_MAX];
+static char base_conf[2 * PATH_MAX + 256]; /* the configuration setup() wrote */
 static const char doc[] = "Contract 17: the Contractor translates 40 pages for 12 000 KGS.";
 
 static char *slurp(const char *path)
@@ -82,7 +84,7 @@ static void signer_waits_for(const char *gate)
 static int setup(void **state)
 {
 	const char *src = getenv("KOLTAMGA_SRCDIR");
-	char srcdir[PATH_MAX], extra[2 * PATH_MAX + 256];
+	char srcdir[PATH_MAX];
 	if (fixture_setup_uninit(state) != 0 || !realpath(src && *src ? src : ".", srcdir))
 		return -1;
 	snprintf(answers, sizeof(answers), "%s/answers", fx.dir);
@@ -91,11 +93,11 @@ static int setup(void **state)
 	setenv("KT_FAKE_CONFIRM", answers, 1);
 	signer_answers(0);
 	/* Keys are qualified unless a [key] section names them a seal. */
-	snprintf(extra, sizeof(extra),
+	snprintf(base_conf, sizeof(base_conf),
 		 "sign_policy = confirm\nconfirm = command\nconfirm_program = %s/tests/pinentry/fake-confirm.sh\n"
 		 "confirm_timeout = 20\n[key]\nlabel = seal\nsign_policy = automatic\n",
 		 srcdir);
-	if (certfix_conf(extra) != 0 || fixture_initialize() != CKR_OK)
+	if (certfix_conf(base_conf) != 0 || fixture_initialize() != CKR_OK)
 		return -1;
 	slot = fixture_init_token_label("activation");
 	s = fixture_open_user_session(slot);
@@ -447,6 +449,256 @@ static void test_close_while_signer_waits(void **state)
 	assert_int_equal(c.rv, CKR_OK);
 }
 
+/* --- the sign context ------------------------------------------------------ */
+
+static CK_OBJECT_HANDLE context_object(CK_SESSION_HANDLE in, const char *title, const void *value, size_t len,
+				       bool confidential)
+{
+	CK_OBJECT_CLASS data = CKO_DATA;
+	CK_BBOOL no = CK_FALSE, conf = confidential ? CK_TRUE : CK_FALSE;
+	CK_ATTRIBUTE t[] = {
+		{ CKA_CLASS, &data, sizeof(data) },
+		{ CKA_TOKEN, &no, sizeof(no) },
+		{ CKA_APPLICATION, (void *)KT_SIGN_CONTEXT_APPLICATION, strlen(KT_SIGN_CONTEXT_APPLICATION) },
+		{ CKA_LABEL, (void *)title, strlen(title) },
+		{ CKA_VALUE, (void *)value, len },
+		{ CKA_KT_CONFIDENTIAL, &conf, sizeof(conf) },
+	};
+	CK_OBJECT_HANDLE h;
+	assert_int_equal(F->C_CreateObject(in, t, sizeof(t) / sizeof(t[0]), &h), CKR_OK);
+	return h;
+}
+
+static void sha256(const void *p, size_t n, CK_BYTE out[32])
+{
+	unsigned int len = 0;
+	assert_true(EVP_Digest(p, n, out, &len, EVP_sha256(), NULL));
+}
+
+static CK_RV sign_with(CK_OBJECT_HANDLE priv, CK_MECHANISM_TYPE mech, const void *data, size_t len)
+{
+	CK_MECHANISM m = { mech, NULL, 0 };
+	CK_BYTE sig[600];
+	CK_ULONG n = sizeof(sig);
+	CK_RV rv = F->C_SignInit(s, &m, priv);
+	if (rv != CKR_OK)
+		return rv;
+	assert_int_equal(F->C_Login(s, CKU_CONTEXT_SPECIFIC, FX_PIN(FX_USER_PIN)), CKR_OK);
+	return F->C_Sign(s, (CK_BYTE_PTR)data, len, sig, &n);
+}
+
+/* The person sees the title and the document an application hands over,
+ * also when the key only receives its hash; a hash of something else is
+ * refused before anyone is asked. */
+static void test_sign_context_shown_and_checked(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv, rsa_pub, rsa;
+	CK_BYTE h[32], other[32], info[19 + 32];
+	keypair("person key", &pub, &priv);
+	context_object(s, "Contract 17.txt", doc, sizeof(doc) - 1, false);
+	sha256(doc, sizeof(doc) - 1, h);
+	sha256("something else", 14, other);
+
+	/* The document itself, with a hash-and-sign mechanism. */
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
+	char *a = slurp(asked);
+	assert_non_null(strstr(a, "Contract 17.txt"));
+	assert_non_null(strstr(a, doc));
+	free(a);
+
+	/* Its hash, with a mechanism that signs a hash: the dialog still
+	 * shows the document. */
+	assert_int_equal(sign_with(priv, CKM_ECDSA, h, sizeof(h)), CKR_OK);
+	assert_int_equal(questions(), 2);
+	a = slurp(asked);
+	assert_int_equal(count(a, doc), 4); /* question and notice, twice */
+	assert_null(strstr(a, "hash")); /* no "only a hash" warning: the document was shown */
+	free(a);
+
+	/* Another hash, another document: refused, nobody asked, audited. */
+	assert_int_equal(sign_with(priv, CKM_ECDSA, other, sizeof(other)), CKR_DATA_INVALID);
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, "Contract 18", 11), CKR_DATA_INVALID);
+	assert_int_equal(questions(), 2);
+	/* The operation is over after the refusal. */
+	CK_BYTE sig[80];
+	CK_ULONG n = sizeof(sig);
+	assert_int_equal(F->C_Sign(s, h, sizeof(h), sig, &n), CKR_OPERATION_NOT_INITIALIZED);
+	char *log = slurp(audit);
+	assert_int_equal(count(log, "\"decision\":\"refused\""), 2);
+	free(log);
+
+	/* CKM_RSA_PKCS receives a DigestInfo: SHA-256's prefix, then the hash. */
+	assert_int_equal(fixture_gen_rsa(s, 2048, &rsa_pub, &rsa), CKR_OK);
+	static const CK_BYTE prefix[19] = { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+					    0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 };
+	memcpy(info, prefix, sizeof(prefix));
+	memcpy(info + sizeof(prefix), h, sizeof(h));
+	assert_int_equal(sign_with(rsa, CKM_RSA_PKCS, info, sizeof(info)), CKR_OK);
+	info[sizeof(info) - 1] ^= 1;
+	assert_int_equal(sign_with(rsa, CKM_RSA_PKCS, info, sizeof(info)), CKR_DATA_INVALID);
+	/* A bare hash is not a DigestInfo. */
+	assert_int_equal(sign_with(rsa, CKM_RSA_PKCS, h, sizeof(h)), CKR_DATA_INVALID);
+}
+
+/* Applications sign structures that carry the document's hash (CMS
+ * signed attributes raw, XML signatures in base64); a package of
+ * documents is signed when every one of them is covered. */
+static void test_sign_context_package(void **state)
+{
+	static const char annex[] = "Annex A: schedule of payments.";
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE h1[32], h2[32];
+	unsigned char b64[64];
+	char signed_info[400];
+	keypair("person key", &pub, &priv);
+	context_object(s, "contract.txt", doc, sizeof(doc) - 1, false);
+	context_object(s, "annex.txt", annex, sizeof(annex) - 1, false);
+	sha256(doc, sizeof(doc) - 1, h1);
+	sha256(annex, sizeof(annex) - 1, h2);
+
+	/* An XML SignedInfo naming both documents' digests. */
+	EVP_EncodeBlock(b64, h1, 32);
+	int n = snprintf(signed_info, sizeof(signed_info), "<SignedInfo><DigestValue>%s</DigestValue>", b64);
+	EVP_EncodeBlock(b64, h2, 32);
+	n += snprintf(signed_info + n, sizeof(signed_info) - (size_t)n, "<DigestValue>%s</DigestValue></SignedInfo>", b64);
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, signed_info, (size_t)n), CKR_OK);
+	char *a = slurp(asked);
+	assert_non_null(strstr(a, "2 documents: contract.txt"));
+	assert_non_null(strstr(a, "annex.txt"));
+	free(a);
+
+	/* CMS-like signed attributes carrying the raw hash of one only. */
+	CK_BYTE attrs[64] = { 0x31, 0x2f, 0x04, 0x20 };
+	memcpy(attrs + 4, h1, 32);
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, attrs, 36), CKR_DATA_INVALID);
+	assert_int_equal(questions(), 1);
+}
+
+/* Only the signing session's own context counts: another session's
+ * documents never reach this dialog. */
+static void test_sign_context_other_session(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	CK_SESSION_HANDLE other = fixture_open_session(slot, false);
+	keypair("person key", &pub, &priv);
+	context_object(other, "not mine.txt", "some other text", 15, false);
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
+	char *a = slurp(asked);
+	assert_null(strstr(a, "not mine"));
+	assert_non_null(strstr(a, doc));
+	free(a);
+}
+
+/* strict: a hash-only mechanism on a confirm key needs a sign context. */
+static void test_strict_policy(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv, seal_pub, seal;
+	CK_BYTE h[32];
+	CK_MECHANISM m = { CKM_ECDSA, NULL, 0 };
+	char conf[sizeof(base_conf) + 32];
+	snprintf(conf, sizeof(conf), "strict = yes\n%s", base_conf);
+	assert_int_equal(certfix_reinit(conf), CKR_OK);
+	slot = fixture_slot_by_label("activation");
+	s = fixture_open_user_session(slot);
+	keypair("person key", &pub, &priv);
+	keypair("seal", &seal_pub, &seal);
+	sha256(doc, sizeof(doc) - 1, h);
+
+	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	/* Hash-and-sign mechanisms see the document: allowed. */
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
+	/* Seals are not persons: strict does not apply. */
+	CK_BYTE sig[80];
+	CK_ULONG n = sizeof(sig);
+	assert_int_equal(F->C_SignInit(s, &m, seal), CKR_OK);
+	assert_int_equal(F->C_Sign(s, h, sizeof(h), sig, &n), CKR_OK);
+	/* With the document handed over, the hash may be signed. */
+	context_object(s, "contract.txt", doc, sizeof(doc) - 1, false);
+	assert_int_equal(sign_with(priv, CKM_ECDSA, h, sizeof(h)), CKR_OK);
+	assert_int_equal(questions(), 2);
+}
+
+/* A confidential document leaves no digest in the audit log. */
+static void test_confidential_document(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv, ctx;
+	CK_BYTE h[32];
+	char hex[65];
+	keypair("person key", &pub, &priv);
+	sha256(doc, sizeof(doc) - 1, h);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", h[i]);
+
+	ctx = context_object(s, "secret.txt", doc, sizeof(doc) - 1, true);
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
+	char *log = slurp(audit);
+	assert_int_equal(count(log, "\"decision\":\"signed\""), 1);
+	assert_null(strstr(log, "\"sha256\""));
+	assert_null(strstr(log, hex));
+	free(log);
+	/* The signer still saw it. */
+	char *a = slurp(asked);
+	assert_non_null(strstr(a, doc));
+	free(a);
+
+	/* Not confidential: the digest is recorded. */
+	assert_int_equal(F->C_DestroyObject(s, ctx), CKR_OK);
+	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
+	log = slurp(audit);
+	assert_int_equal(count(log, hex), 1);
+	free(log);
+}
+
+struct mutating_signer {
+	CK_BYTE buf[sizeof(doc)];
+	CK_BYTE sig[80];
+	CK_ULONG len;
+	CK_RV rv;
+};
+
+static void *sign_buffer(void *arg)
+{
+	struct mutating_signer *w = arg;
+	w->len = sizeof(w->sig);
+	w->rv = F->C_Sign(s, w->buf, sizeof(doc) - 1, w->sig, &w->len);
+	return NULL;
+}
+
+/* What the signer saw is what gets signed: the caller's buffer changing
+ * while the question is on the screen changes nothing. */
+static void test_mutation_after_prompt(void **state)
+{
+	CK_OBJECT_HANDLE pub, priv;
+	char gate[PATH_MAX];
+	pthread_t th;
+	struct mutating_signer w;
+	keypair("person key", &pub, &priv);
+	snprintf(gate, sizeof(gate), "%s/answer-now", fx.dir);
+	signer_waits_for(gate);
+	memcpy(w.buf, doc, sizeof(doc));
+
+	sign_init(priv, true);
+	assert_int_equal(pthread_create(&th, NULL, sign_buffer, &w), 0);
+	for (int i = 0; i < 2000 && questions() == 0; i++)
+		usleep(10000);
+	assert_int_equal(questions(), 1);
+	memcpy(w.buf, "Contract 17: the Contractor translates 40 pages for 99 999 KGS.", sizeof(doc) - 1);
+	FILE *fp = fopen(gate, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(w.rv, CKR_OK);
+	/* The signature is over the document shown, not the changed buffer. */
+	verifies(pub, doc, sizeof(doc) - 1, w.sig, w.len);
+	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+	assert_int_equal(F->C_VerifyInit(s, &m, pub), CKR_OK);
+	assert_int_equal(F->C_Verify(s, w.buf, sizeof(doc) - 1, w.sig, w.len), CKR_SIGNATURE_INVALID);
+	char *a = slurp(asked);
+	assert_non_null(strstr(a, doc));
+	assert_null(strstr(a, "99 999"));
+	free(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -460,6 +712,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deny_backend, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_others_work_while_signer_waits, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_close_while_signer_waits, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_sign_context_shown_and_checked, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_sign_context_package, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_sign_context_other_session, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_strict_policy, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_confidential_document, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_mutation_after_prompt, setup, fixture_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
