@@ -30,6 +30,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "crypto.h"
 #include "log.h"
 
 /* A trust list, certificate or CRL larger than this is a mistake (the
@@ -70,6 +71,7 @@ struct certcheck {
 	size_t n_crls;	   /* CRL files read, whether usable or not */
 	unsigned long crl_max_age;
 	bool allow_unknown;
+	unsigned long generation; /* unique per certcheck_new, for the verdict memo */
 };
 
 static const char *const verdict_names[] = {
@@ -829,6 +831,8 @@ CK_RV certcheck_new(const struct certcheck_config *cfg, struct certcheck **out)
 
 	if (!cc)
 		goto out;
+	static unsigned long generations;
+	cc->generation = __atomic_add_fetch(&generations, 1, __ATOMIC_RELAXED);
 	if (!cfg)
 		goto done;
 	cc->crl_max_age = cfg->crl_max_age;
@@ -1056,8 +1060,8 @@ out:
 	return v;
 }
 
-enum certcheck_verdict certcheck_judge(const struct certcheck *cc, const CK_BYTE *der, CK_ULONG len,
-				       time_t now, char *why_buf, size_t why_len)
+static enum certcheck_verdict judge(const struct certcheck *cc, const CK_BYTE *der, CK_ULONG len, time_t now,
+				    char *why_buf, size_t why_len)
 {
 	enum certcheck_verdict v = CERTCHECK_MALFORMED;
 	const struct centre *issuer = NULL;
@@ -1160,4 +1164,53 @@ void certcheck_status(const struct certcheck *cc, const CK_BYTE *der, CK_ULONG l
 out:
 	X509_free(x);
 	ERR_clear_error();
+}
+
+/*
+ * A verdict depends on the configuration, the certificate and the second
+ * it is asked for, nothing else: trust list and CRLs are read once, by
+ * certcheck_new.  Building and verifying the chain costs some 250 us,
+ * ten times a seal's whole signature, so each thread remembers its last
+ * few verdicts for the current second.  Keyed by the certificate's
+ * SHA-256 and the certcheck's generation (a freed certcheck's address may
+ * come back with another configuration); a new second asks afresh.
+ */
+#define MEMO_SLOTS 4
+
+struct memo {
+	bool used;
+	unsigned long generation;
+	time_t at;
+	unsigned char id[32];
+	enum certcheck_verdict v;
+	char why[256];
+};
+
+static __thread struct memo memo[MEMO_SLOTS];
+static __thread unsigned memo_next;
+
+enum certcheck_verdict certcheck_judge(const struct certcheck *cc, const CK_BYTE *der, CK_ULONG len,
+				       time_t now, char *why_buf, size_t why_len)
+{
+	unsigned char id[32];
+	unsigned long gen = cc ? cc->generation : 0;
+	bool hashed = der && crypto_sha256(der, len, id);
+	for (unsigned i = 0; hashed && i < MEMO_SLOTS; i++) {
+		const struct memo *m = &memo[i];
+		if (m->used && m->at == now && m->generation == gen && memcmp(m->id, id, sizeof(id)) == 0) {
+			say(why_buf, why_len, "%s", m->why);
+			return m->v;
+		}
+	}
+	struct memo *m = &memo[memo_next++ % MEMO_SLOTS];
+	m->used = false;
+	m->v = judge(cc, der, len, now, m->why, sizeof(m->why));
+	say(why_buf, why_len, "%s", m->why);
+	if (hashed) {
+		m->used = true;
+		m->generation = gen;
+		m->at = now;
+		memcpy(m->id, id, sizeof(id));
+	}
+	return m->v;
 }

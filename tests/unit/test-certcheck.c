@@ -728,6 +728,58 @@ static void test_verdict_names(void **state)
 	assert_non_null(certcheck_verdict_name(99));
 }
 
+static time_t not_after_of(const char *name)
+{
+	struct der d = cert(name);
+	const unsigned char *p = d.p;
+	X509 *x = d2i_X509(NULL, &p, (long)d.len);
+	struct tm tm;
+	assert_non_null(x);
+	assert_int_equal(ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm), 1);
+	X509_free(x);
+	OPENSSL_free(d.p);
+	return timegm(&tm);
+}
+
+/* Verdicts are remembered per thread for the current second (a seal asks
+ * thousands of times a second); never across seconds, certificates or
+ * configurations, including one allocated where a freed one was. */
+static void test_memo_never_stale(void **state)
+{
+	(void)state;
+	char why[256], first[256];
+	time_t end = not_after_of("person"), t = time(NULL);
+	struct certcheck *crl = make("trust-list.conf", "crl", NULL, 0, true);
+	struct certcheck *none = make("trust-list.conf", NULL, NULL, 0, false);
+
+	/* The last second of validity, then the first one after it. */
+	for (int round = 0; round < 2; round++) {
+		assert_int_equal(judge_at(crl, "person", end, why, sizeof(why)), CERTCHECK_OK);
+		assert_int_equal(judge_at(crl, "person", end + 1, why, sizeof(why)), CERTCHECK_EXPIRED);
+	}
+	/* One second, several certificates, two configurations. */
+	for (int round = 0; round < 3; round++) {
+		assert_int_equal(judge_at(crl, "revoked", t, why, sizeof(why)), CERTCHECK_REVOKED);
+		assert_int_equal(judge_at(crl, "person", t, why, sizeof(why)), CERTCHECK_OK);
+		if (round == 0)
+			snprintf(first, sizeof(first), "%s", why);
+		else
+			assert_string_equal(why, first); /* a remembered verdict keeps its reason */
+		assert_int_equal(judge_at(none, "person", t, why, sizeof(why)), CERTCHECK_REVOCATION_UNKNOWN);
+		assert_int_equal(judge_at(crl, "suspended", t, why, sizeof(why)), CERTCHECK_SUSPENDED);
+		assert_int_equal(judge_at(crl, "seal", t, why, sizeof(why)), CERTCHECK_OK);
+	}
+	/* A new configuration, maybe at a freed one's address, asks afresh. */
+	certcheck_free(none);
+	none = make("trust-list.conf", "crl", NULL, 0, true);
+	assert_int_equal(judge_at(none, "person", t, why, sizeof(why)), CERTCHECK_OK);
+	certcheck_free(crl);
+	crl = make("trust-list.conf", NULL, NULL, 0, false);
+	assert_int_equal(judge_at(crl, "person", t, why, sizeof(why)), CERTCHECK_REVOCATION_UNKNOWN);
+	certcheck_free(crl);
+	certcheck_free(none);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -749,6 +801,7 @@ int main(void)
 	    cmocka_unit_test(test_crl_config_errors),
 	    cmocka_unit_test(test_threads),
 	    cmocka_unit_test(test_verdict_names),
+	    cmocka_unit_test(test_memo_never_stale),
 	};
 	kt_debug_init(); /* KOLTAMGA_DEBUG=policy shows every verdict's reason */
 	if (system("openssl version >/dev/null 2>&1") != 0)
