@@ -1,7 +1,10 @@
 #include "common.h"
 
+#include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -37,4 +40,21 @@ void kt_hex(char *out, const void *p, size_t n)
 		out[2 * i + 1] = digits[b[i] & 15];
 	}
 	out[2 * n] = '\0';
+}
+
+static char exe_path[PATH_MAX];
+
+static void read_exe(void)
+{
+	ssize_t n = readlink("/proc/self/exe", exe_path, sizeof(exe_path) - 1);
+	exe_path[n > 0 ? n : 0] = '\0';
+}
+
+/* Read once per process: a seal may sign thousands of times a second and
+ * the answer does not change (exec reloads us; fork keeps the program). */
+const char *kt_program(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, read_exe);
+	return exe_path[0] ? exe_path : "unknown program";
 }

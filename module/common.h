@@ -22,4 +22,8 @@ void kt_free_secret(void *p, size_t len);
 /* Lowercase hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
 void kt_hex(char *out, const void *p, size_t n);
 
+/* The calling program's path (/proc/self/exe), for requests, the audit log
+ * and reports; "unknown program" when it cannot be read. */
+const char *kt_program(void);
+
 #endif

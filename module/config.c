@@ -50,6 +50,7 @@ void config_free(struct config *c)
 	free(c->keys);
 	free(c->confirm_program);
 	free(c->audit_log);
+	free(c->compromise_dir);
 	free(c->trust_list);
 	free(c->crl_dir);
 	free(c->store_dir);
@@ -181,6 +182,14 @@ static CK_RV set_module_key(struct config *c, const char *key, const char *val, 
 		return parse_policy(val, &c->policy) ? CKR_OK : CKR_ARGUMENTS_BAD;
 	if (strcmp(key, "strict") == 0)
 		return parse_yes_no(val, &c->strict) ? CKR_OK : CKR_ARGUMENTS_BAD;
+	if (strcmp(key, "imported_keys") == 0) {
+		if (strcmp(val, "allow") != 0 && strcmp(val, "refuse") != 0)
+			return CKR_ARGUMENTS_BAD;
+		c->refuse_imported = strcmp(val, "refuse") == 0;
+		return CKR_OK;
+	}
+	if (strcmp(key, "compromise_reports") == 0)
+		return set_path(&c->compromise_dir, val);
 	if (strcmp(key, "confirm") == 0) {
 		if (strcmp(val, "pinentry") == 0)
 			c->confirm_backend = CONFIRM_PINENTRY;
@@ -497,21 +506,21 @@ static CK_RV default_store(struct config *c)
 	return c->store_dir ? CKR_OK : CKR_HOST_MEMORY;
 }
 
-/* $XDG_STATE_HOME/koltamga/audit.log, else ~/.local/state/koltamga/audit.log
- * (XDG: state that should persist but is not data the user edits). */
-static CK_RV default_audit_log(struct config *c)
+/* $XDG_STATE_HOME/koltamga/NAME, else ~/.local/state/koltamga/NAME (XDG:
+ * state that should persist but is not data the user edits). */
+static CK_RV default_state_path(char **out, const char *name)
 {
 	const char *xdg = secure_getenv("XDG_STATE_HOME");
 	const char *home = secure_getenv("HOME");
 	int n = -1;
 	if (xdg && xdg[0] == '/')
-		n = asprintf(&c->audit_log, "%s/koltamga/audit.log", xdg);
+		n = asprintf(out, "%s/koltamga/%s", xdg, name);
 	else if (home && home[0] == '/')
-		n = asprintf(&c->audit_log, "%s/.local/state/koltamga/audit.log", home);
+		n = asprintf(out, "%s/.local/state/koltamga/%s", home, name);
 	else
 		return CKR_OK; /* no place for it: the policy layer says so when it must write */
 	if (n < 0) {
-		c->audit_log = NULL;
+		*out = NULL;
 		return CKR_HOST_MEMORY;
 	}
 	return CKR_OK;
@@ -551,7 +560,9 @@ CK_RV config_load(const char *reserved, struct config **out)
 	if (!c->store_dir && c->n_tokens == 0)
 		rv = default_store(c);
 	if (rv == CKR_OK && !c->audit_log)
-		rv = default_audit_log(c);
+		rv = default_state_path(&c->audit_log, "audit.log");
+	if (rv == CKR_OK && !c->compromise_dir)
+		rv = default_state_path(&c->compromise_dir, "compromise");
 	if (rv != CKR_OK) {
 		config_free(c);
 		return rv;

@@ -30,6 +30,10 @@
  *   confirm = pinentry|command|deny  how the signer is asked (default pinentry)
  *   confirm_program = FILE  the pinentry or command (default: pinentry in PATH)
  *   confirm_timeout = N  seconds to wait for the signer, 1..3600 (default 60)
+ *   imported_keys = allow|refuse  may a confirm key that was imported (not
+ *                       generated on the token, CKA_LOCAL false) sign? (allow)
+ *   compromise_reports = DIR  key compromise reports for the certification
+ *                       centre (default $XDG_STATE_HOME/koltamga/compromise)
  *   audit_log = FILE    (default $XDG_STATE_HOME/koltamga/audit.log, else
  *                       ~/.local/state/koltamga/audit.log)
  * [key] keys (a per-key signing policy, fixed when the key is created):
@@ -85,6 +89,8 @@ struct config {
 	size_t n_oids;
 	enum sign_policy policy; /* for keys on store tokens */
 	bool strict;
+	bool refuse_imported;    /* imported_keys = refuse: confirm keys must be CKA_LOCAL */
+	char *compromise_dir;    /* where key compromise reports go */
 	int confirm_backend;     /* enum confirm_backend */
 	char *confirm_program;
 	unsigned confirm_timeout;

@@ -116,6 +116,8 @@ static const struct attr_rule rules[] = {
 	/* Decided by the module's configuration when the key is made; the
 	 * application reads it, never sets it. */
 	{ CKA_KT_SIGN_POLICY, C_PRIV, K_ANY, V_ULONG, 0 },
+	{ CKA_KT_COMPROMISED, C_PRIV | C_PUB | C_CERT, K_ANY, V_BOOL, F_MODIFY | F_ONLY_TRUE },
+	{ CKA_KT_COMPROMISE_REASON, C_PRIV | C_PUB | C_CERT, K_ANY, V_BYTES, F_MODIFY },
 	/* RSA */
 	{ CKA_MODULUS, C_PUB | C_PRIV, K_RSA, V_BYTES, F_CREATE | F_REQ_CREATE | F_GEN_OUTPUT },
 	{ CKA_MODULUS_BITS, C_PUB, K_RSA, V_ULONG, F_GENERATE | F_REQ_GENERATE },
@@ -348,6 +350,8 @@ static CK_RV fill_defaults(struct attrs *a, unsigned cbit, enum object_origin or
 	}
 	if (cbit & (C_PUB | C_PRIV))
 		TRY(set_default_empty(a, CKA_SUBJECT));
+	if (cbit & (C_PUB | C_PRIV | C_CERT))
+		TRY(set_default_bool(a, CKA_KT_COMPROMISED, false));
 	if (cbit & (C_PUB | C_SECRET)) {
 		TRY(set_default_bool(a, CKA_ENCRYPT, cbit == C_PUB));
 		TRY(set_default_bool(a, CKA_VERIFY, true));
@@ -550,7 +554,7 @@ CK_RV object_modify(struct attrs *a, const struct attrs *tmpl, bool copy,
 			return CKR_ATTRIBUTE_READ_ONLY;
 		if (r->kind == V_BOOL) {
 			bool now = attrs_bool(tmpl, t->type, false);
-			if ((r->flags & F_ONLY_TRUE) && !now)
+			if ((r->flags & F_ONLY_TRUE) && !now && attrs_bool(a, t->type, false))
 				return CKR_ATTRIBUTE_READ_ONLY;
 			if ((r->flags & F_ONLY_FALSE) && now)
 				return CKR_ATTRIBUTE_READ_ONLY;

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "common.h"
@@ -17,6 +18,7 @@
 #include "koltamga/pkcs11v.h"
 #include "object.h"
 #include "policy/certcheck.h"
+#include "policy/compromise.h"
 #include "policy/signing.h"
 #include "session.h"
 #include "slot.h"
@@ -1032,6 +1034,74 @@ static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE h
 	return rv;
 }
 
+/* What a compromise report says, copied under the token lock. */
+struct compromise_facts {
+	struct compromise_report r;
+	char serial[17], label[33];
+	char *key_id, *key_label, *cn, *issuer, *cert_serial, *reason;
+};
+
+static void compromise_facts_free(struct compromise_facts *f)
+{
+	free(f->key_id);
+	free(f->key_label);
+	free(f->cn);
+	free(f->issuer);
+	free(f->cert_serial);
+	free(f->reason);
+}
+
+static char *attr_text(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+static char *attr_hex(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+
+static const char *class_name(CK_OBJECT_CLASS c)
+{
+	return c == CKO_PRIVATE_KEY ? "private key" : c == CKO_PUBLIC_KEY ? "public key" : "certificate";
+}
+
+/* The marked object, and the certificate of its key pair (the object
+ * itself, or a certificate with the same CKA_ID). */
+static void compromise_gather(struct token *t, const struct object *o, bool so, struct compromise_facts *f)
+{
+	const struct attrs *cert = o->cls == CKO_CERTIFICATE ? o->attrs : NULL;
+	const CK_ATTRIBUTE *id = attrs_get(o->attrs, CKA_ID);
+	if (!cert && id && id->ulValueLen) {
+		CK_OBJECT_CLASS cc = CKO_CERTIFICATE;
+		CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cc, sizeof(cc) }, { CKA_ID, id->pValue, id->ulValueLen } };
+		CK_OBJECT_HANDLE *h = NULL;
+		size_t n = 0;
+		if (token_find(t, tmpl, 2, &h, &n) == CKR_OK && n) {
+			const struct object *c = token_object_get(t, h[0]);
+			cert = c ? c->attrs : NULL;
+		}
+		free(h);
+	}
+	snprintf(f->serial, sizeof(f->serial), "%s", t->state.serial);
+	snprintf(f->label, sizeof(f->label), "%s", t->state.label);
+	f->key_id = attr_hex(o->attrs, CKA_ID);
+	f->key_label = attr_text(o->attrs, CKA_LABEL);
+	f->reason = attr_text(o->attrs, CKA_KT_COMPROMISE_REASON);
+	if (cert) {
+		f->cn = attr_text(cert, CKA_KT_COMMON_NAME);
+		f->issuer = attr_text(cert, CKA_KT_ISSUER_NAME);
+		f->cert_serial = attr_hex(cert, CKA_SERIAL_NUMBER);
+	}
+	f->r = (struct compromise_report){
+		.token_serial = f->serial,
+		.token_label = f->label,
+		.object_class = class_name(o->cls),
+		.key_id_hex = f->key_id,
+		.key_label = f->key_label,
+		.cert_subject_cn = f->cn,
+		.cert_issuer = f->issuer,
+		.cert_serial_hex = f->cert_serial,
+		.reason = f->reason,
+		.marked_by = so ? "security officer" : "user",
+		.program = kt_program(),
+		.pid = (long)getpid(),
+	};
+}
+
 static CK_RV kt_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 				  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
@@ -1056,15 +1126,28 @@ static CK_RV kt_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE h
 		rv = may_write_object(s, o->owner == 0, o->is_private);
 	if (rv == CKR_OK && !(next = attrs_dup(o->attrs)))
 		rv = CKR_HOST_MEMORY;
+	bool was_compromised = rv == CKR_OK && attrs_bool(o->attrs, CKA_KT_COMPROMISED, false);
 	if (rv == CKR_OK) {
 		struct object_actor who = actor_of(s);
 		rv = object_modify(next, tmpl, false, &who);
 	}
+	bool marked = rv == CKR_OK && !was_compromised && attrs_bool(next, CKA_KT_COMPROMISED, false);
 	if (rv == CKR_OK) {
 		rv = token_object_replace(s->token, o, next);
 		next = NULL;
 	}
+	struct compromise_facts facts = { 0 };
+	if (rv == CKR_OK && marked)
+		compromise_gather(s->token, o, s->token->login == CKU_SO, &facts);
 	token_unlock(s->token);
+	/* The mark is what protects the signer and it is committed: a
+	 * report that cannot be written is logged loudly, not undone. */
+	if (rv == CKR_OK && marked) {
+		kt_log("key marked compromised (%s, key id %s): signatures with it are refused from now on",
+		       facts.r.object_class, facts.key_id ? facts.key_id : "none");
+		compromise_write(config ? config->compromise_dir : NULL, &facts.r, NULL, 0);
+	}
+	compromise_facts_free(&facts);
 out:
 	attrs_free(next);
 	attrs_free(tmpl);
@@ -1403,6 +1486,43 @@ static void bind_certificate(void *ctx, const struct object *cert, bool matches)
 	b->c->cert_len = der->ulValueLen;
 }
 
+/* Is an object of the key pair (same CKA_ID) marked compromised? */
+static bool pair_compromised(struct token *t, const struct object *key)
+{
+	if (attrs_bool(key->attrs, CKA_KT_COMPROMISED, false))
+		return true;
+	const CK_ATTRIBUTE *id = attrs_get(key->attrs, CKA_ID);
+	if (!id || !id->ulValueLen)
+		return false;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = { { CKA_ID, id->pValue, id->ulValueLen }, { CKA_KT_COMPROMISED, &yes, sizeof(yes) } };
+	CK_OBJECT_HANDLE *h = NULL;
+	size_t n = 0;
+	/* Out of memory counts as compromised: refusing is the safe side. */
+	bool found = token_find(t, tmpl, 2, &h, &n) != CKR_OK || n > 0;
+	free(h);
+	return found;
+}
+
+/* May this private key sign at all?  Not once its pair is marked
+ * compromised; not an imported key for qualified signatures when the
+ * configuration says imported_keys = refuse. */
+static CK_RV key_usable(struct token *t, const struct object *key)
+{
+	if (pair_compromised(t, key)) {
+		kt_log("signature refused: the key is marked compromised (CKA_KT_COMPROMISED)");
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	}
+	CK_ULONG policy = CK_KT_POLICY_CONFIRM;
+	attrs_get_ulong(key->attrs, CKA_KT_SIGN_POLICY, &policy);
+	if (config && config->refuse_imported && policy == CK_KT_POLICY_CONFIRM &&
+	    !attrs_bool(key->attrs, CKA_LOCAL, false)) {
+		kt_log("signature refused: the key was imported, not generated on the token (imported_keys = refuse)");
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	}
+	return CKR_OK;
+}
+
 /* C_SignInit and C_VerifyInit: find the key, check it may do this with
  * this mechanism, and start the operation. */
 static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE hKey, bool sign)
@@ -1444,6 +1564,8 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 		 * CKA_PRIVATE says: PKCS#11 would allow a "public" private
 		 * key, the law's sole control does not. */
 		rv = CKR_USER_NOT_LOGGED_IN;
+	} else if (sign && (rv = key_usable(t, key)) != CKR_OK) {
+		/* keep rv */
 	} else {
 		rv = token_object_pkey(t, key, &pkey);
 	}

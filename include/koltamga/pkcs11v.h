@@ -84,6 +84,15 @@ extern "C" {
 #define CK_KT_POLICY_CONFIRM 1UL   /* the signer confirms every signature (law art. 12.2) */
 #define CK_KT_POLICY_AUTOMATIC 2UL /* a seal of an information system (art. 12.4): no prompt */
 
+/* Private and public keys, certificates: a one-way mark that the key is
+ * compromised (settable to CK_TRUE by whoever may modify the object, the
+ * SO through the public key or certificate; never cleared).  Every later
+ * signature with the key, or with a key sharing its CKA_ID, is refused,
+ * and a report for the certification centre is written
+ * (docs/security.md). */
+#define CKA_KT_COMPROMISED (CKA_KT_BASE + 0x42UL)       /* CK_BBOOL */
+#define CKA_KT_COMPROMISE_REASON (CKA_KT_BASE + 0x43UL) /* UTF-8 text for that report */
+
 /* CKA_APPLICATION of a session CKO_DATA object that hands the module the
  * document being signed (CKA_LABEL its title, CKA_VALUE its bytes),
  * created in the signing session before C_SignInit; several such objects

@@ -238,22 +238,9 @@ static bool is_text(const CK_BYTE *p, CK_ULONG n)
 	return true;
 }
 
-static char exe_path[PATH_MAX];
-
-static void read_exe(void)
-{
-	ssize_t n = readlink("/proc/self/exe", exe_path, sizeof(exe_path) - 1);
-	exe_path[n > 0 ? n : 0] = '\0';
-}
-
-/* The calling program, read once per process (a seal may sign thousands
- * of times a second; the answer does not change, except across exec,
- * which also reloads us, and fork, which keeps the program). */
 static const char *calling_program(void)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, read_exe);
-	return exe_path[0] ? exe_path : "unknown program";
+	return kt_program();
 }
 
 static struct confirm_config confirm_settings(void)
