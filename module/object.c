@@ -382,6 +382,27 @@ static CK_RV fill_defaults(struct attrs *a, unsigned cbit, enum object_origin or
 	return rv;
 }
 
+/*
+ * CKA_SERIAL_NUMBER is the DER encoding of the serial (PKCS#11 4.6.3), but
+ * Java's SunPKCS11 stores BigInteger.toByteArray(): the INTEGER's content
+ * without tag and length.  The same number, so it is accepted and stored
+ * in the specification's form.
+ */
+static bool serial_content_matches(const CK_ATTRIBUTE *derived, const CK_ATTRIBUTE *given)
+{
+	const CK_BYTE *d = derived->pValue;
+	CK_ULONG n = derived->ulValueLen, hdr;
+	if (derived->type != CKA_SERIAL_NUMBER || n < 3 || d[0] != 0x02)
+		return false;
+	if (d[1] < 0x80)
+		hdr = 2;
+	else if (d[1] == 0x81)
+		hdr = 3;
+	else
+		return false; /* serials are at most 20 octets (RFC 5280) */
+	return n > hdr && given->ulValueLen == n - hdr && memcmp(given->pValue, d + hdr, n - hdr) == 0;
+}
+
 /* A certificate's DER must be one whole X.509 certificate.  What it says
  * (names, serial, dates, key, the law's fields) becomes attributes; a value
  * the template gives must agree with it.  Runs before the defaults are
@@ -409,7 +430,7 @@ static CK_RV check_certificate(struct attrs *a)
 		 * (its own, an authority's, another party's): its call. */
 		if (given && d->type == CKA_CERTIFICATE_CATEGORY)
 			continue;
-		if (!given || given->ulValueLen == 0)
+		if (!given || given->ulValueLen == 0 || serial_content_matches(d, given))
 			rv = attrs_set(a, d->type, d->pValue, d->ulValueLen);
 		else if (!attrs_match(derived, given))
 			rv = CKR_TEMPLATE_INCONSISTENT;

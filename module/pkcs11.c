@@ -7,8 +7,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/x509.h>
 
 #include "common.h"
 #include "config.h"
@@ -1053,6 +1056,8 @@ static void compromise_facts_free(struct compromise_facts *f)
 
 static char *attr_text(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
 static char *attr_hex(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+static char *attr_serial_hex(const struct attrs *a);
+static char *attr_dn(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
 
 static const char *class_name(CK_OBJECT_CLASS c)
 {
@@ -1083,8 +1088,8 @@ static void compromise_gather(struct token *t, const struct object *o, bool so, 
 	f->reason = attr_text(o->attrs, CKA_KT_COMPROMISE_REASON);
 	if (cert) {
 		f->cn = attr_text(cert, CKA_KT_COMMON_NAME);
-		f->issuer = attr_text(cert, CKA_KT_ISSUER_NAME);
-		f->cert_serial = attr_hex(cert, CKA_SERIAL_NUMBER);
+		f->issuer = attr_dn(cert, CKA_ISSUER);
+		f->cert_serial = attr_serial_hex(cert);
 	}
 	f->r = (struct compromise_report){
 		.token_serial = f->serial,
@@ -1457,6 +1462,42 @@ static char *attr_hex(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 	return s;
 }
 
+/* The serial number's hex, from CKA_SERIAL_NUMBER's DER INTEGER (its
+ * content only: what the certification centre and every viewer show). */
+static char *attr_serial_hex(const struct attrs *a)
+{
+	const CK_ATTRIBUTE *at = attrs_get(a, CKA_SERIAL_NUMBER);
+	const unsigned char *p = at ? at->pValue : NULL;
+	ASN1_INTEGER *i = p ? d2i_ASN1_INTEGER(NULL, &p, (long)at->ulValueLen) : NULL;
+	char *s = NULL;
+	if (i && i->length > 0 && i->length < 1024 && (s = malloc(2 * (size_t)i->length + 1)))
+		kt_hex(s, i->data, (size_t)i->length);
+	ASN1_INTEGER_free(i);
+	return s;
+}
+
+/* A DER Name attribute (CKA_ISSUER, CKA_SUBJECT) as RFC 2253 text, in
+ * UTF-8 rather than \XX escapes: Cyrillic names stay readable. */
+#define DN_FLAGS (XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB)
+static char *attr_dn(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
+{
+	const CK_ATTRIBUTE *at = attrs_get(a, type);
+	const unsigned char *p = at ? at->pValue : NULL;
+	X509_NAME *name = p ? d2i_X509_NAME(NULL, &p, (long)at->ulValueLen) : NULL;
+	BIO *bio = name ? BIO_new(BIO_s_mem()) : NULL;
+	char *s = NULL, *data;
+	if (bio && X509_NAME_print_ex(bio, name, 0, DN_FLAGS) >= 0) {
+		long n = BIO_get_mem_data(bio, &data);
+		if (n >= 0 && n < 4096 && (s = malloc((size_t)n + 1))) {
+			memcpy(s, data, (size_t)n);
+			s[n] = '\0';
+		}
+	}
+	BIO_free(bio);
+	X509_NAME_free(name);
+	return s;
+}
+
 /* Remember the certificate a signing key belongs to, and whether a
  * qualified certificate with its CKA_ID names some other key. */
 static void bind_certificate(void *ctx, const struct object *cert, bool matches)
@@ -1475,8 +1516,8 @@ static void bind_certificate(void *ctx, const struct object *cert, bool matches)
 	b->c->holder_type = CK_KT_HOLDER_UNKNOWN;
 	attrs_get_ulong(cert->attrs, CKA_KT_HOLDER_TYPE, &b->c->holder_type);
 	b->c->signer = attr_text(cert->attrs, CKA_KT_COMMON_NAME);
-	b->c->cert_issuer = attr_text(cert->attrs, CKA_KT_ISSUER_NAME);
-	b->c->cert_serial = attr_hex(cert->attrs, CKA_SERIAL_NUMBER);
+	b->c->cert_issuer = attr_dn(cert->attrs, CKA_ISSUER);
+	b->c->cert_serial = attr_serial_hex(cert->attrs);
 	b->c->cert = malloc(der->ulValueLen);
 	if (!b->c->cert) {
 		b->rv = CKR_HOST_MEMORY;

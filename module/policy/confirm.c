@@ -28,6 +28,21 @@
  * first) and ends with "[... N more bytes ...]" when the rest does not.
  * The notice is a second pinentry run with MESSAGE (one OK button).
  *
+ * With req->pin the question is GETPIN instead: SETPROMPT "PIN:", SETOK
+ * "Sign", SETCANCEL, then GETPIN, answered by D lines carrying the PIN
+ * %XX-escaped (possibly over several lines) and OK, or by ERR as above.
+ * Each PIN goes to check(); CKR_PIN_INCORRECT asks again in the same
+ * window with SETERROR and a fresh SETTIMEOUT for what is left of the
+ * deadline (one deadline covers the whole dialog, retries included).  An
+ * empty PIN, or one longer than any PIN can be, is wrong without reaching
+ * check(): like C_Login's length bound, it is not counted as a guess.
+ *   check() == CKR_OK                 -> CONFIRM_YES
+ *   CKR_PIN_INCORRECT on every try,
+ *   any other check() value           -> CONFIRM_PIN_FAILED
+ * The PIN is decoded straight into the dialog's own buffer, wiped as soon
+ * as check() returns; the receive buffers it passed through are wiped as
+ * each line is consumed.  It is never sent back, logged, or put in `why`.
+ *
  * command: argv is { program, "confirm" } or { program, "notify" } and
  * nothing else.  stdin carries the rendered request, then EOF; for "notify"
  * the request is followed by the line "RESULT: signed".  The program's
@@ -70,6 +85,8 @@ extern char **environ;
 #define REAP_GRACE_MS 1000     /* after EOF or SIGTERM, before the next step */
 #define ASSUAN_LINE_MAX 1000   /* libassuan's limit, the final LF included */
 #define CONTENT_MAX 4000       /* bytes of the document shown */
+#define PIN_MAX 255            /* C_Login's bound: no PIN is longer */
+#define PIN_TRIES 3            /* when confirm_pin.tries is 0 */
 
 /* GnuPG error codes as pinentry sends them: source 5 (pinentry) << 24. */
 #define GPG_ERR_CODE(e) ((e) & 0xffffu)
@@ -87,6 +104,7 @@ static const struct confirm_text {
 	const char *signer, *certificate, *restrictions, *key, *mechanism, *requested_by, *pid;
 	const char *hash_only, *content, *more_bytes, *not_shown;
 	const char *window_title, *notice_window_title, *ok, *notok, *cancel;
+	const char *pin_prompt, *pin_wrong;
 } text_en = {
 	.question = "Sign this document?",
 	.notice = "Signed.",
@@ -113,6 +131,9 @@ static const struct confirm_text {
 	.ok = "_Sign",
 	.notok = "_Do not sign",
 	.cancel = "_Cancel",
+	.pin_prompt = "PIN:",
+	/* Followed by ": <number>", which spares the table a plural form. */
+	.pin_wrong = "Wrong PIN. Tries left in this dialog",
 };
 static const struct confirm_text *const text = &text_en;
 
@@ -613,15 +634,29 @@ static int child_send(struct child *c, const char *data, size_t len, int64_t dea
 
 /* --- the pinentry dialog (Assuan) ----------------------------------------- */
 
+/* The PIN as typed, unescaped; `overflow` once more than PIN_MAX bytes
+ * came (the rest is dropped, the PIN is wrong anyway).  The NUL after the
+ * last byte spares check() a surprise should it treat the PIN as a string. */
+struct pin_buf {
+	char p[PIN_MAX + 1];
+	size_t len;
+	bool overflow;
+};
+
+/* Freed with kt_free_secret: `in` and `line` carry the PIN on its way
+ * through, and `pin` holds it while check() runs. */
 struct dialog {
 	struct child child;
 	int64_t deadline;
 	char in[ASSUAN_LINE_MAX + 1]; /* received, not yet split into lines */
 	size_t in_len;
 	char line[ASSUAN_LINE_MAX + 1];
+	struct pin_buf pin;
 };
 
-enum reply { REPLY_OK, REPLY_ERR, REPLY_EOF, REPLY_TIMEOUT, REPLY_BAD };
+/* REPLY_REFUSED is no pinentry answer: the GETPIN loop's verdict that
+ * check() turned the PIN down for good (`why` says how). */
+enum reply { REPLY_OK, REPLY_ERR, REPLY_EOF, REPLY_TIMEOUT, REPLY_BAD, REPLY_REFUSED };
 
 static const char *reply_name(enum reply r)
 {
@@ -634,13 +669,16 @@ static const char *reply_name(enum reply r)
 		return "end of file";
 	case REPLY_TIMEOUT:
 		return "no answer in time";
+	case REPLY_REFUSED:
+		return "PIN refused";
 	case REPLY_BAD:
 		break;
 	}
 	return "a garbled line";
 }
 
-/* Read one line into d->line (without its LF). */
+/* Read one line into d->line (without its LF).  The bytes the line
+ * leaves behind at the end of d->in are wiped: a D line is a PIN. */
 static enum reply dialog_read_line(struct dialog *d)
 {
 	for (;;) {
@@ -651,6 +689,7 @@ static enum reply dialog_read_line(struct dialog *d)
 			d->line[n] = '\0';
 			d->in_len -= n + 1;
 			memmove(d->in, nl + 1, d->in_len);
+			kt_wipe(d->in + d->in_len, n + 1);
 			if (n && d->line[n - 1] == '\r')
 				d->line[n - 1] = '\0';
 			return REPLY_OK;
@@ -678,15 +717,60 @@ static enum reply dialog_read_line(struct dialog *d)
 	}
 }
 
-/* The final answer to a command: status (S), comment (#) and data (D)
- * lines are skipped; an INQUIRE is a question we never invited. */
-static enum reply dialog_reply(struct dialog *d, unsigned long *err)
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Append a D line's payload to the PIN, undoing the %XX escapes.  False
+ * for a '%' without two hex digits: not Assuan. */
+static bool pin_append(struct pin_buf *b, const char *s)
+{
+	for (; *s; s++) {
+		int c = (unsigned char)*s;
+		if (c == '%') {
+			int hi = hex_value(s[1]);
+			int lo = hi < 0 ? -1 : hex_value(s[2]);
+			if (lo < 0)
+				return false;
+			c = hi << 4 | lo;
+			s += 2;
+		}
+		if (b->len < PIN_MAX)
+			b->p[b->len++] = (char)c;
+		else
+			b->overflow = true;
+	}
+	b->p[b->len] = '\0';
+	return true;
+}
+
+/*
+ * The final answer to a command: status (S), comment (#) and data (D)
+ * lines are skipped, except that with `data` the D lines are the PIN and
+ * are collected there; an INQUIRE is a question we never invited.  A D
+ * line is wiped from d->line as soon as it has been read.
+ */
+static enum reply dialog_reply(struct dialog *d, struct pin_buf *data, unsigned long *err)
 {
 	for (;;) {
 		enum reply r = dialog_read_line(d);
 		if (r != REPLY_OK)
 			return r;
 		const char *l = d->line;
+		if (strncmp(l, "D ", 2) == 0) {
+			bool ok = !data || pin_append(data, l + 2);
+			kt_wipe(d->line, sizeof(d->line));
+			if (!ok)
+				return REPLY_BAD;
+			continue;
+		}
 		if (strcmp(l, "OK") == 0 || strncmp(l, "OK ", 3) == 0)
 			return REPLY_OK;
 		if (strncmp(l, "ERR ", 4) == 0) {
@@ -697,7 +781,7 @@ static enum reply dialog_reply(struct dialog *d, unsigned long *err)
 				return REPLY_BAD;
 			return REPLY_ERR;
 		}
-		if (l[0] == '#' || strncmp(l, "S ", 2) == 0 || strncmp(l, "D ", 2) == 0 || l[0] == '\0')
+		if (l[0] == '#' || strncmp(l, "S ", 2) == 0 || l[0] == '\0')
 			continue;
 		return REPLY_BAD;
 	}
@@ -741,13 +825,15 @@ static size_t assuan_fit(const char *src, size_t len, size_t room)
 }
 
 /*
- * Send "VERB arg" (arg escaped; NULL for none) and read the answer.  When
- * the escaped arg is longer than one Assuan line allows, as much as fits
- * goes, followed by a note of how many bytes were left out.  The line may
- * carry the request: it is wiped after sending.
+ * Send "VERB arg" (arg escaped; NULL for none) and read the answer, its D
+ * lines into `data` when that is not NULL.  When the escaped arg is longer
+ * than one Assuan line allows, as much as fits goes, followed by a note of
+ * how many bytes were left out.  The line may carry the request: it is
+ * wiped after sending.  The trace names the verb and the reply, never an
+ * argument or the data.
  */
-static enum reply dialog_cmd(struct dialog *d, const char *verb, const char *arg, size_t arg_len,
-			     unsigned long *err)
+static enum reply dialog_exchange(struct dialog *d, const char *verb, const char *arg, size_t arg_len,
+				  struct pin_buf *data, unsigned long *err)
 {
 	char line[ASSUAN_LINE_MAX];
 	size_t o = strlen(verb);
@@ -784,11 +870,17 @@ static enum reply dialog_cmd(struct dialog *d, const char *verb, const char *arg
 		r = REPLY_EOF;
 		goto out;
 	}
-	r = dialog_reply(d, err);
+	r = dialog_reply(d, data, err);
 out:
 	kt_debug(KT_DBG_POLICY, "confirm: pinentry pid %ld: %s -> %s %lu", (long)d->child.pid, verb,
 		 reply_name(r), *err);
 	return r;
+}
+
+static enum reply dialog_cmd(struct dialog *d, const char *verb, const char *arg, size_t arg_len,
+			     unsigned long *err)
+{
+	return dialog_exchange(d, verb, arg, arg_len, NULL, err);
 }
 
 static bool dialog_set(struct dialog *d, const char *verb, const char *arg)
@@ -826,12 +918,70 @@ static const char *dialog_tty(char *buf, size_t len)
 }
 
 /*
+ * GETPIN until check() says yes, or says no for good, or the tries run
+ * out.  REPLY_OK: the PIN was right; REPLY_ERR: pinentry's own answer
+ * (cancel, its timeout); REPLY_REFUSED: the PIN failed, `why` says how.
+ */
+static enum reply dialog_getpin(struct dialog *d, const struct confirm_pin *pin, unsigned long *err,
+				char *why, size_t why_len)
+{
+	unsigned tries = pin->tries ? pin->tries : PIN_TRIES;
+	enum reply r;
+
+	for (unsigned left = tries;;) {
+		r = dialog_exchange(d, "GETPIN", NULL, 0, &d->pin, err);
+		bool plausible = d->pin.len > 0 && !d->pin.overflow;
+		CK_RV rv = CKR_PIN_INCORRECT;
+		if (r == REPLY_OK && plausible)
+			rv = pin->check(pin->ctx, d->pin.p, d->pin.len);
+		/* Wiped is not necessarily zeroed: the next GETPIN starts empty. */
+		kt_wipe(&d->pin, sizeof(d->pin));
+		d->pin.len = 0;
+		d->pin.overflow = false;
+		if (r != REPLY_OK)
+			return r;
+		kt_debug(KT_DBG_POLICY, "confirm: pinentry pid %ld: PIN check -> %s", (long)d->child.pid,
+			 plausible ? kt_rv_name(rv) : "empty or too long, not checked");
+		if (rv == CKR_OK)
+			return REPLY_OK;
+		if (rv != CKR_PIN_INCORRECT) {
+			snprintf(why, why_len, "the PIN was not accepted: %s", kt_rv_name(rv));
+			return REPLY_REFUSED;
+		}
+		if (--left == 0) {
+			snprintf(why, why_len, "the PIN was wrong %u time%s", tries, tries == 1 ? "" : "s");
+			return REPLY_REFUSED;
+		}
+
+		/* pinentry restarts its timeout with every GETPIN: it gets
+		 * what is left of ours, so it still closes first. */
+		int ms = ms_left(d->deadline) - PINENTRY_GRACE_MS;
+		if (ms <= 0)
+			return REPLY_TIMEOUT;
+		char msg[128];
+		snprintf(msg, sizeof(msg), "%d", (ms + 999) / 1000);
+		dialog_set(d, "SETTIMEOUT", msg);
+		snprintf(msg, sizeof(msg), "%s: %u", text->pin_wrong, left);
+		r = dialog_cmd(d, "SETERROR", msg, strlen(msg), err);
+		if (r == REPLY_ERR) {
+			/* Asking again without saying why would look like a
+			 * glitch: the wrong PIN ends it here. */
+			snprintf(why, why_len, "wrong PIN, and pinentry refused SETERROR (error %lu)", *err);
+			return REPLY_REFUSED;
+		}
+		if (r != REPLY_OK)
+			return r;
+	}
+}
+
+/*
  * One pinentry run: the greeting, the options, the texts, then `verb`
- * (CONFIRM or MESSAGE).  Returns the reply to `verb`; *err its code.
+ * (CONFIRM or MESSAGE), or with `pin` the GETPIN dialog.  Returns the
+ * reply to `verb` (or dialog_getpin's verdict); *err its code.
  */
 static enum reply dialog_run(const struct confirm_config *cfg, const char *window_title, const char *desc,
-			     size_t desc_len, const char *verb, unsigned timeout, unsigned long *err, char *why,
-			     size_t why_len)
+			     size_t desc_len, const char *verb, const struct confirm_pin *pin,
+			     unsigned timeout, unsigned long *err, char *why, size_t why_len)
 {
 	struct dialog *d = calloc(1, sizeof(*d));
 	const char *program = cfg->program && *cfg->program ? cfg->program : "pinentry";
@@ -850,7 +1000,7 @@ static enum reply dialog_run(const struct confirm_config *cfg, const char *windo
 	if (!child_spawn(&d->child, program, NULL, true, why, why_len))
 		goto out;
 
-	r = dialog_reply(d, err);
+	r = dialog_reply(d, NULL, err);
 	if (r != REPLY_OK)
 		goto fail;
 	snprintf(num, sizeof(num), "%u", timeout);
@@ -867,13 +1017,22 @@ static enum reply dialog_run(const struct confirm_config *cfg, const char *windo
 	r = dialog_cmd(d, "SETDESC", desc, desc_len, err);
 	if (r != REPLY_OK)
 		goto fail;
-	if (strcmp(verb, "CONFIRM") == 0) {
-		if (!dialog_set(d, "SETOK", text->ok) || !dialog_set(d, "SETCANCEL", text->cancel))
+	if (pin) {
+		/* No NOTOK: a PIN prompt has no "Do not sign", Cancel is
+		 * the way out. */
+		if (!dialog_set(d, "SETPROMPT", text->pin_prompt) || !dialog_set(d, "SETOK", text->ok) ||
+		    !dialog_set(d, "SETCANCEL", text->cancel))
 			goto fail_quiet;
-		dialog_set(d, "SETNOTOK", text->notok);
+		r = dialog_getpin(d, pin, err, why, why_len);
+	} else {
+		if (strcmp(verb, "CONFIRM") == 0) {
+			if (!dialog_set(d, "SETOK", text->ok) || !dialog_set(d, "SETCANCEL", text->cancel))
+				goto fail_quiet;
+			dialog_set(d, "SETNOTOK", text->notok);
+		}
+		r = dialog_cmd(d, verb, NULL, 0, err);
 	}
-	r = dialog_cmd(d, verb, NULL, 0, err);
-	if (r == REPLY_OK || r == REPLY_ERR) {
+	if (r == REPLY_OK || r == REPLY_ERR || r == REPLY_REFUSED) {
 		unsigned long ignored;
 		dialog_cmd(d, "BYE", NULL, 0, &ignored);
 		goto out;
@@ -911,9 +1070,12 @@ static enum confirm_answer ask_pinentry(const struct confirm_config *cfg, const 
 		snprintf(why, why_len, "out of memory");
 		goto out;
 	}
-	enum reply r = dialog_run(cfg, text->window_title, desc, len, "CONFIRM", timeout, &err, why, why_len);
+	enum reply r = dialog_run(cfg, text->window_title, desc, len, req->pin ? "GETPIN" : "CONFIRM",
+				  req->pin, timeout, &err, why, why_len);
 	if (r == REPLY_OK) {
 		answer = CONFIRM_YES;
+	} else if (r == REPLY_REFUSED) {
+		answer = CONFIRM_PIN_FAILED;
 	} else if (r == REPLY_ERR) {
 		switch (GPG_ERR_CODE(err)) {
 		case GPG_ERR_NOT_CONFIRMED:
@@ -1005,6 +1167,21 @@ static unsigned timeout_of(const struct confirm_config *cfg)
 	return cfg->timeout ? cfg->timeout : DEFAULT_TIMEOUT;
 }
 
+static const char *answer_name(enum confirm_answer a)
+{
+	switch (a) {
+	case CONFIRM_YES:
+		return "yes";
+	case CONFIRM_NO:
+		return "no";
+	case CONFIRM_PIN_FAILED:
+		return "PIN failed";
+	case CONFIRM_CANCELED:
+		break;
+	}
+	return "cancelled";
+}
+
 enum confirm_answer confirm_ask(const struct confirm_config *cfg, const struct confirm_request *req,
 				char *why, size_t why_len)
 {
@@ -1037,8 +1214,7 @@ enum confirm_answer confirm_ask(const struct confirm_config *cfg, const struct c
 		break;
 	}
 out:
-	kt_debug(KT_DBG_POLICY, "confirm: answer %s after %" PRId64 " ms",
-		 answer == CONFIRM_YES ? "yes" : answer == CONFIRM_NO ? "no" : "cancelled", now_ms() - start);
+	kt_debug(KT_DBG_POLICY, "confirm: answer %s after %" PRId64 " ms", answer_name(answer), now_ms() - start);
 	return answer;
 }
 
@@ -1064,8 +1240,8 @@ void confirm_notify(const struct confirm_config *cfg, const struct confirm_reque
 			snprintf(why, sizeof(why), "out of memory");
 			goto fail;
 		}
-		enum reply r = dialog_run(cfg, text->notice_window_title, input, len, "MESSAGE", timeout, &err,
-					  why, sizeof(why));
+		enum reply r = dialog_run(cfg, text->notice_window_title, input, len, "MESSAGE", NULL,
+					  timeout, &err, why, sizeof(why));
 		/* MESSAGE's ERR (the person closed it, or its timeout) still
 		 * means the notice was on the screen. */
 		if (r != REPLY_OK && r != REPLY_ERR)

@@ -24,6 +24,7 @@
 #include "fixture.h"
 #include "koltamga/pkcs11v.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -967,6 +968,38 @@ static void test_attrs_nosign_expired(void **state)
 
 /* --- (b) signing under each configuration -------------------------------------- */
 
+/* The audit log names a signature's certificate as a certification
+ * centre does: the issuer's DN in RFC 2253 text, the serial in hex
+ * (reconfigure's C_Finalize has written the seal records). */
+static void audit_names_certificate(X509 *x)
+{
+	char path[PATH_MAX], want[1024], *dn = NULL, *hex;
+	BIO *bio = BIO_new(BIO_s_mem());
+	long n;
+	snprintf(path, sizeof(path), "%s/audit.log", fx.dir);
+	FILE *fp = fopen(path, "r");
+	assert_non_null(fp);
+	static char log[1 << 20];
+	size_t got = fread(log, 1, sizeof(log) - 1, fp);
+	log[got] = '\0';
+	fclose(fp);
+	assert_true(X509_NAME_print_ex(bio, X509_get_issuer_name(x), 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0);
+	n = BIO_get_mem_data(bio, &dn);
+	snprintf(want, sizeof(want), "\"cert_issuer\":\"%.*s\"", (int)n, dn);
+	if (!strstr(log, want))
+		fail_msg("audit log lacks %s:\n%s", want, log);
+	BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+	hex = BN_bn2hex(bn);
+	for (char *p = hex; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	snprintf(want, sizeof(want), "\"cert_serial\":\"%s\"", hex);
+	if (!strstr(log, want))
+		fail_msg("audit log lacks %s:\n%s", want, log);
+	OPENSSL_free(hex);
+	BN_free(bn);
+	BIO_free(bio);
+}
+
 static void test_sign_trust(void **state)
 {
 	struct ee person, expired, nosign, revoked, suspended, rogue, legacy;
@@ -1027,6 +1060,7 @@ static void test_sign_trust(void **state)
 	bool_is(legacy.cert, CKA_KT_QC_COMPLIANCE, CK_FALSE);
 	signs(legacy.priv, legacy.x);
 	text_is(legacy.cert, CKA_KT_ISSUER_ACCREDITATION, "KG-LEGACY-0001");
+	audit_names_certificate(person.x);
 	signs(person.priv, person.x);
 	refused(revoked.priv, "signature refused (revoked)");
 	refused(rogue.priv, "signature refused (not accredited)");
@@ -1344,6 +1378,18 @@ static void test_template(void **state)
 	{
 		CK_ATTRIBUTE t = {CKA_SERIAL_NUMBER, wrong_serial, sizeof(wrong_serial)};
 		expect_create(&d, &t, 1, CKR_TEMPLATE_INCONSISTENT, "wrong CKA_SERIAL_NUMBER");
+	}
+	/* Java's SunPKCS11 gives the INTEGER's content bytes (no tag, no
+	 * length): the same number, stored in the specification's DER form;
+	 * another number in that form is still inconsistent. */
+	{
+		CK_ATTRIBUTE t = {CKA_SERIAL_NUMBER, serial + 2, (CK_ULONG)nser - 2};
+		assert_true(nser > 2 && serial[1] == nser - 2);
+		assert_int_equal(create_with(&d, "java", &t, 1, &h), CKR_OK);
+		bytes_are(h, CKA_SERIAL_NUMBER, serial, (size_t)nser);
+		assert_int_equal(F->C_DestroyObject(s, h), CKR_OK);
+		CK_ATTRIBUTE u = {CKA_SERIAL_NUMBER, wrong_serial + 2, 1};
+		expect_create(&d, &u, 1, CKR_TEMPLATE_INCONSISTENT, "another serial as content bytes");
 	}
 	{
 		CK_ATTRIBUTE t = {CKA_END_DATE, &wrong_date, sizeof(wrong_date)};

@@ -5,7 +5,14 @@
  *
  *   mode yes|no|cancel|timeout|never|crash|garbage|fromdesc
  *   log FILE        every command received, %XX-unescaped, one per entry
- *   delay_ms N      wait this long before answering CONFIRM/MESSAGE
+ *   delay_ms N      wait this long before answering CONFIRM/MESSAGE/GETPIN
+ *   pin TEXT        a PIN the person types at GETPIN, %XX-escaped here;
+ *                   one line per GETPIN, in order
+ *   rawpin TEXT     the same, but sent on the D line exactly as written
+ *                   (so a test can send a broken escape)
+ *   dsplit N        at most N PIN bytes per D line (default 300, max 300)
+ *   trickle 1       write the answer to GETPIN one byte at a time
+ *   refuse VERB     answer VERB with ERR (unknown command)
  *
  *   yes      CONFIRM -> OK
  *   no       CONFIRM -> ERR 83886194 Not confirmed    (the NOTOK button)
@@ -18,6 +25,10 @@
  *   fromdesc the answer is "ANSWER=yes|no|cancel" found in SETDESC, so
  *            threads sharing one environment get different answers
  * MESSAGE is answered OK except in never and crash modes.
+ * GETPIN sends the next configured PIN as D lines, escaped as libassuan
+ * does, then OK; when no PIN is left it is answered as CONFIRM would be in
+ * `mode` ("yes": OK without data, an empty PIN).  The log gets the command
+ * and "DATA n" (the number of D lines sent), never the PIN itself.
  *
  * For the tests' checks it also appends, per run, its /proc/self/cmdline
  * to LOG.argv and its /proc/self/environ to LOG.environ (NULs as newlines),
@@ -36,15 +47,44 @@
 #include <unistd.h>
 
 #define LINE_MAX_ASSUAN 1000
+#define PINS_MAX 16
+#define REFUSE_MAX 8
+#define PIN_BYTES_MAX 8192
+#define DSPLIT_MAX 300 /* escaped, three times that still fits a line */
+
+struct pin {
+	char data[PIN_BYTES_MAX];
+	size_t len;
+	int raw;
+};
 
 static char mode[32] = "yes";
 static char log_path[4096];
 static long delay_ms;
+static struct pin pins[PINS_MAX];
+static int npins, next_pin;
+static size_t dsplit = DSPLIT_MAX;
+static int trickle;
+static char refuse[REFUSE_MAX][32];
+static int nrefuse;
+
+static size_t unescape_n(char *s);
+
+static void add_pin(const char *text, int raw)
+{
+	struct pin *p;
+	if (npins == PINS_MAX || strlen(text) >= PIN_BYTES_MAX)
+		exit(2);
+	p = &pins[npins++];
+	strcpy(p->data, text);
+	p->raw = raw;
+	p->len = raw ? strlen(p->data) : unescape_n(p->data);
+}
 
 static void load_config(void)
 {
 	const char *path = getenv("KT_FAKE_PINENTRY");
-	char line[4200];
+	static char line[PIN_BYTES_MAX + 64];
 	FILE *f;
 
 	if (!path || !(f = fopen(path, "r")))
@@ -57,8 +97,20 @@ static void load_config(void)
 			snprintf(log_path, sizeof(log_path), "%.4000s", line + 4);
 		else if (strncmp(line, "delay_ms ", 9) == 0)
 			delay_ms = atol(line + 9);
+		else if (strncmp(line, "pin ", 4) == 0)
+			add_pin(line + 4, 0);
+		else if (strncmp(line, "rawpin ", 7) == 0)
+			add_pin(line + 7, 1);
+		else if (strncmp(line, "dsplit ", 7) == 0)
+			dsplit = (size_t)atol(line + 7);
+		else if (strncmp(line, "trickle ", 8) == 0)
+			trickle = atoi(line + 8);
+		else if (strncmp(line, "refuse ", 7) == 0 && nrefuse < REFUSE_MAX)
+			snprintf(refuse[nrefuse++], sizeof(refuse[0]), "%.31s", line + 7);
 	}
 	fclose(f);
+	if (dsplit == 0 || dsplit > DSPLIT_MAX)
+		exit(2);
 }
 
 /* One write per entry: runs in parallel threads append to the same log. */
@@ -138,9 +190,10 @@ static void say(const char *s)
 		exit(3);
 }
 
-static void unescape(char *s)
+/* Unescape in place; returns the length (a %00 is a byte like any other). */
+static size_t unescape_n(char *s)
 {
-	char *o = s;
+	char *o = s, *start = s;
 	while (*s) {
 		if (s[0] == '%' && s[1] && s[2]) {
 			char hex[3] = { s[1], s[2], 0 };
@@ -151,6 +204,72 @@ static void unescape(char *s)
 		}
 	}
 	*o = '\0';
+	return (size_t)(o - start);
+}
+
+static void unescape(char *s)
+{
+	unescape_n(s);
+}
+
+/* Everything GETPIN answers goes through here, so `trickle` can split it
+ * over as many reads as there are bytes. */
+static void send_raw(const char *s, size_t len)
+{
+	if (!trickle) {
+		if (write(1, s, len) != (ssize_t)len)
+			exit(3);
+		return;
+	}
+	for (size_t i = 0; i < len; i++) {
+		struct timespec ts = { 0, 200000 };
+		if (write(1, s + i, 1) != 1)
+			exit(3);
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* The next PIN as D lines, escaped as libassuan's assuan_send_data does
+ * ('%', CR, LF; other controls too, which is just as valid), then OK. */
+static void send_pin(const struct pin *p)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char line[LINE_MAX_ASSUAN + 8];
+	size_t i = 0;
+	int lines = 0;
+
+	while (i < p->len) {
+		size_t o = 0, end = i + dsplit < p->len ? i + dsplit : p->len;
+		line[o++] = 'D';
+		line[o++] = ' ';
+		for (; i < end; i++) {
+			unsigned char c = (unsigned char)p->data[i];
+			if (!p->raw && (c == '%' || c < 0x20)) {
+				line[o++] = '%';
+				line[o++] = hex[c >> 4];
+				line[o++] = hex[c & 15];
+			} else {
+				line[o++] = (char)c;
+			}
+		}
+		line[o++] = '\n';
+		send_raw(line, o);
+		lines++;
+	}
+	char note[32];
+	int n = snprintf(note, sizeof(note), "DATA %d", lines);
+	log_entry("", note, (size_t)n);
+	send_raw("OK\n", 3);
+}
+
+static int refused(const char *line)
+{
+	for (int i = 0; i < nrefuse; i++) {
+		size_t n = strlen(refuse[i]);
+		if (strncmp(line, refuse[i], n) == 0 && (line[n] == '\0' || line[n] == ' '))
+			return 1;
+	}
+	return 0;
 }
 
 static void wait_a_moment(void)
@@ -217,7 +336,9 @@ int main(void)
 		log_entry(".raw", line, strlen(line));
 		unescape(line);
 		log_entry("", line, strlen(line));
-		if (strncmp(line, "SETDESC ", 8) == 0) {
+		if (refused(line)) {
+			say("ERR 83886355 Unknown IPC command <Pinentry>");
+		} else if (strncmp(line, "SETDESC ", 8) == 0) {
 			snprintf(desc, sizeof(desc), "%s", line + 8);
 			say("OK");
 		} else if (strcmp(line, "CONFIRM") == 0 || strncmp(line, "CONFIRM ", 8) == 0) {
@@ -231,6 +352,12 @@ int main(void)
 			} else {
 				answer(mode);
 			}
+		} else if (strcmp(line, "GETPIN") == 0) {
+			wait_a_moment();
+			if (next_pin < npins)
+				send_pin(&pins[next_pin++]);
+			else
+				answer(mode);
 		} else if (strcmp(line, "MESSAGE") == 0) {
 			wait_a_moment();
 			if (strcmp(mode, "never") == 0 || strcmp(mode, "crash") == 0)

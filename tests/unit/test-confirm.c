@@ -5,7 +5,9 @@
  * what the person would have read, the Assuan escaping and line limit, the
  * "signed" notice, two questions at once, and the child processes' hygiene:
  * reaped, no inherited descriptors or signal settings, and the request
- * never in their argv or environment.
+ * never in their argv or environment.  Then the PIN typed into pinentry's
+ * GETPIN: unescaped exactly, retried in the same window, refused, cancelled,
+ * bounded in length and time, and never written anywhere.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -142,6 +144,16 @@ static int group_setup(void **state)
 		fprintf(stderr, "fake programs missing: %s %s\n", fake_pinentry, fake_confirm);
 		return -1;
 	}
+	/* Absolute, for the symlink test_pinentry_missing puts in another
+	 * directory: run by hand (no KOLTAMGA_BUILDDIR), "./tests/..." would
+	 * make it dangle. */
+	char abs[PATH_MAX];
+	if (!realpath(fake_pinentry, abs))
+		return -1;
+	snprintf(fake_pinentry, sizeof(fake_pinentry), "%s", abs);
+	if (!realpath(fake_confirm, abs))
+		return -1;
+	snprintf(fake_confirm, sizeof(fake_confirm), "%s", abs);
 	snprintf(tmp, sizeof(tmp), "/tmp/kt-confirm-XXXXXX");
 	if (!mkdtemp(tmp))
 		return -1;
@@ -195,6 +207,9 @@ static char *received_desc(void)
 	} else {
 		d += strlen("\nSETDESC ");
 		char *end = strstr(d, "\nSETOK ");
+		char *prompt = strstr(d, "\nSETPROMPT ");
+		if (prompt && (!end || prompt < end))
+			end = prompt;
 		if (!end)
 			end = strstr(d, "\nMESSAGE\n");
 		out = strndup(d, end ? (size_t)(end - d) : strlen(d));
@@ -733,6 +748,535 @@ static void test_concurrent_command(void **state)
 	ask_two_at_once(command_cfg(10), false);
 }
 
+/* --- the PIN in the pinentry dialog ------------------------------------------------------- */
+
+/* '%' (escaped on the wire), non-ASCII UTF-8 (sent as raw bytes) and a
+ * space: what comes out of the unescaping must be exactly this. */
+#define RIGHT_PIN "Zq%8 \xd0\x96\xc3\xa9!"
+#define WRONG_PIN "Wx%7\xd1\x84-wrong"
+#define CHECK_CALLS_MAX 8
+
+/* What check() was given, call by call, and what it answers. */
+struct pin_check {
+	const char *right;
+	size_t right_len;
+	CK_RV forced; /* when not CKR_OK: the answer to any PIN */
+	int calls;
+	size_t len[CHECK_CALLS_MAX];
+	char got[CHECK_CALLS_MAX][512];
+};
+
+static CK_RV check_pin(void *ctx, const char *pin, size_t len)
+{
+	struct pin_check *pc = ctx;
+	if (pc->calls < CHECK_CALLS_MAX) {
+		pc->len[pc->calls] = len;
+		memcpy(pc->got[pc->calls], pin, len < sizeof(pc->got[0]) ? len : sizeof(pc->got[0]));
+	}
+	pc->calls++;
+	if (pc->forced != CKR_OK)
+		return pc->forced;
+	if (len == pc->right_len && memcmp(pin, pc->right, len) == 0)
+		return CKR_OK;
+	return CKR_PIN_INCORRECT;
+}
+
+static struct pin_check right_is(const char *pin, size_t len)
+{
+	return (struct pin_check){ .right = pin, .right_len = len };
+}
+
+static void assert_checked(const struct pin_check *pc, int call, const char *pin, size_t len)
+{
+	assert_true(call < pc->calls);
+	assert_int_equal(pc->len[call], len);
+	assert_memory_equal(pc->got[call], pin, len);
+}
+
+/* A config line's PIN: every byte %XX, so any byte (LF, NUL) survives. */
+static char *conf_pin(const char *verb, const char *pin, size_t len)
+{
+	size_t vl = strlen(verb);
+	char *out = malloc(vl + 1 + 3 * len + 2);
+	assert_non_null(out);
+	char *o = out + sprintf(out, "%s ", verb);
+	for (size_t i = 0; i < len; i++)
+		o += sprintf(o, "%%%02X", (unsigned char)pin[i]);
+	strcpy(o, "\n");
+	return out;
+}
+
+/* A letter n times, written plainly (escaped it would not fit the
+ * fake's config line). */
+static char *conf_repeat(char c, size_t n)
+{
+	char *line = malloc(n + 6);
+	assert_non_null(line);
+	memcpy(line, "pin ", 4);
+	memset(line + 4, c, n);
+	strcpy(line + 4 + n, "\n");
+	return line;
+}
+
+/* The fake in `mode` once its PINs (config lines, NULL-terminated) run
+ * out, with `extra` config lines. */
+static void pinentry_pins(const char *mode, int delay_ms, const char *extra, ...)
+{
+	FILE *f;
+	va_list ap;
+	remove_logs(pe_log);
+	f = fopen(pe_conf, "w");
+	assert_non_null(f);
+	fprintf(f, "mode %s\nlog %s\ndelay_ms %d\n%s", mode, pe_log, delay_ms, extra ? extra : "");
+	va_start(ap, extra);
+	for (const char *l; (l = va_arg(ap, const char *));)
+		fputs(l, f);
+	va_end(ap);
+	fclose(f);
+}
+
+static enum confirm_answer ask_pin(struct pin_check *pc, unsigned tries, unsigned timeout, char *why,
+				   size_t why_len)
+{
+	struct confirm_config cfg = pinentry_cfg(timeout);
+	struct confirm_request req = sample();
+	struct confirm_pin pin = { .check = check_pin, .ctx = pc, .tries = tries };
+	req.pin = &pin;
+	return confirm_ask(&cfg, &req, why, why_len);
+}
+
+static int count(const char *hay, const char *needle)
+{
+	int n = 0;
+	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
+}
+
+static bool mem_in(const char *hay, size_t hay_len, const char *needle, size_t len)
+{
+	return memmem(hay, hay_len, needle, len) != NULL;
+}
+
+/* Nothing the fake saw or recorded about itself carries the PIN. */
+static void assert_pin_nowhere(const char *pin, size_t len)
+{
+	static const char *const sfx[] = { "", ".raw", ".argv", ".environ" };
+	for (size_t i = 0; i < KT_ARRAY_SIZE(sfx); i++) {
+		char *f = log_file(pe_log, sfx[i]);
+		assert_false(mem_in(f, strlen(f), pin, len));
+		free(f);
+	}
+}
+
+static void test_pin_right_first_time(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	char *line = conf_pin("pin", RIGHT_PIN, strlen(RIGHT_PIN));
+	pinentry_pins("cancel", 0, NULL, line, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_YES);
+	free(line);
+	assert_int_equal(pc.calls, 1);
+	assert_checked(&pc, 0, RIGHT_PIN, strlen(RIGHT_PIN));
+	assert_string_equal(why, "");
+
+	char *log = log_file(pe_log, "");
+	assert_int_equal(count(log, "FDS "), 1);
+	assert_non_null(strstr(log, "\nSETTITLE koltamga: confirm the signature\n"));
+	assert_non_null(strstr(log, "\nSETPROMPT PIN:\n"));
+	assert_non_null(strstr(log, "\nSETOK _Sign\n"));
+	assert_non_null(strstr(log, "\nSETCANCEL _Cancel\n"));
+	assert_int_equal(count(log, "\nGETPIN\n"), 1);
+	assert_non_null(strstr(log, "\nDATA 1\n"));
+	assert_null(strstr(log, "\nCONFIRM"));
+	assert_null(strstr(log, "\nSETNOTOK"));
+	assert_null(strstr(log, "\nSETERROR"));
+	assert_non_null(strstr(log, "\nBYE\n"));
+	free(log);
+	/* The person read the same request as with CONFIRM. */
+	struct confirm_request req = sample();
+	size_t len;
+	char *want = confirm_render(&req, &len);
+	char *desc = received_desc();
+	assert_string_equal(desc, want);
+	kt_free_secret(want, len);
+	free(desc);
+	assert_pin_nowhere(RIGHT_PIN, strlen(RIGHT_PIN));
+}
+
+/* A PIN with LF, NUL and '%' sent one byte per D line, and the answer
+ * trickling in one byte per read: reassembled byte for byte. */
+static void test_pin_split_lines(void **state)
+{
+	(void)state;
+	static const char pin[] = "a%\n\0b\xd0\x96%25";
+	size_t n = sizeof(pin) - 1;
+	char why[256];
+	struct pin_check pc = right_is(pin, n);
+	char *line = conf_pin("pin", pin, n);
+	pinentry_pins("cancel", 0, "dsplit 1\ntrickle 1\n", line, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_YES);
+	free(line);
+	assert_int_equal(pc.calls, 1);
+	assert_checked(&pc, 0, pin, n);
+	char *log = log_file(pe_log, "");
+	char want[32];
+	snprintf(want, sizeof(want), "\nDATA %zu\n", n);
+	assert_non_null(strstr(log, want));
+	free(log);
+}
+
+static void test_pin_wrong_then_right(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	char *wrong = conf_pin("pin", WRONG_PIN, strlen(WRONG_PIN));
+	char *right = conf_pin("pin", RIGHT_PIN, strlen(RIGHT_PIN));
+	pinentry_pins("cancel", 0, NULL, wrong, right, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_YES);
+	assert_int_equal(pc.calls, 2);
+	assert_checked(&pc, 0, WRONG_PIN, strlen(WRONG_PIN));
+	assert_checked(&pc, 1, RIGHT_PIN, strlen(RIGHT_PIN));
+
+	/* One process; the error is on screen before the second prompt,
+	 * with what is left of the timeout. */
+	char *log = log_file(pe_log, "");
+	assert_int_equal(count(log, "FDS "), 1);
+	assert_int_equal(count(log, "\nGETPIN\n"), 2);
+	char *first = strstr(log, "\nGETPIN\n");
+	char *err = strstr(log, "\nSETERROR Wrong PIN. Tries left in this dialog: 2\n");
+	char *second = strstr(first + 1, "\nGETPIN\n");
+	assert_non_null(err);
+	assert_true(first < err && err < second);
+	char *settimeout = strstr(first, "\nSETTIMEOUT ");
+	assert_non_null(settimeout);
+	assert_true(settimeout < second);
+	int secs = atoi(settimeout + strlen("\nSETTIMEOUT "));
+	assert_true(secs >= 1 && secs <= 10);
+	assert_int_equal(count(log, "\nSETERROR"), 1);
+	free(log);
+	assert_pin_nowhere(RIGHT_PIN, strlen(RIGHT_PIN));
+	assert_pin_nowhere(WRONG_PIN, strlen(WRONG_PIN));
+
+	/* More tries than the default when the caller says so. */
+	pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	pinentry_pins("cancel", 0, NULL, wrong, wrong, wrong, wrong, right, NULL);
+	assert_int_equal(ask_pin(&pc, 5, 10, why, sizeof(why)), CONFIRM_YES);
+	assert_int_equal(pc.calls, 5);
+	log = log_file(pe_log, "");
+	assert_non_null(strstr(log, "\nSETERROR Wrong PIN. Tries left in this dialog: 4\n"));
+	assert_non_null(strstr(log, "\nSETERROR Wrong PIN. Tries left in this dialog: 1\n"));
+	free(log);
+	free(wrong);
+	free(right);
+}
+
+static void test_pin_wrong_every_time(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	char *wrong = conf_pin("pin", WRONG_PIN, strlen(WRONG_PIN));
+	char *right = conf_pin("pin", RIGHT_PIN, strlen(RIGHT_PIN));
+	/* The right PIN comes fourth: a fourth prompt would be a bug. */
+	pinentry_pins("cancel", 0, NULL, wrong, wrong, wrong, right, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 3);
+	for (int i = 0; i < 3; i++)
+		assert_checked(&pc, i, WRONG_PIN, strlen(WRONG_PIN));
+	assert_string_equal(why, "the PIN was wrong 3 times");
+	char *log = log_file(pe_log, "");
+	assert_int_equal(count(log, "FDS "), 1);
+	assert_int_equal(count(log, "\nGETPIN\n"), 3);
+	assert_int_equal(count(log, "\nSETERROR"), 2);
+	assert_non_null(strstr(log, "\nSETERROR Wrong PIN. Tries left in this dialog: 1\n"));
+	assert_non_null(strstr(log, "\nBYE\n"));
+	free(log);
+
+	/* tries = 1: the first wrong PIN ends it, without a SETERROR. */
+	pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	pinentry_pins("cancel", 0, NULL, wrong, right, NULL);
+	assert_int_equal(ask_pin(&pc, 1, 10, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 1);
+	assert_string_equal(why, "the PIN was wrong 1 time");
+	log = log_file(pe_log, "");
+	assert_int_equal(count(log, "\nGETPIN\n"), 1);
+	assert_null(strstr(log, "\nSETERROR"));
+	free(log);
+	free(wrong);
+	free(right);
+}
+
+/* Anything but "incorrect" ends the dialog at once: no second guess at
+ * a locked PIN, or after the login went away. */
+static void test_pin_check_refuses(void **state)
+{
+	(void)state;
+	static const CK_RV rvs[] = { CKR_PIN_LOCKED, CKR_USER_NOT_LOGGED_IN, CKR_GENERAL_ERROR };
+	static const char *const names[] = { "CKR_PIN_LOCKED", "CKR_USER_NOT_LOGGED_IN", "CKR_GENERAL_ERROR" };
+	char *right = conf_pin("pin", RIGHT_PIN, strlen(RIGHT_PIN));
+	for (size_t i = 0; i < KT_ARRAY_SIZE(rvs); i++) {
+		char why[256];
+		struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+		pc.forced = rvs[i];
+		pinentry_pins("cancel", 0, NULL, right, right, right, NULL);
+		assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_PIN_FAILED);
+		assert_int_equal(pc.calls, 1);
+		assert_non_null(strstr(why, names[i]));
+		assert_null(strstr(why, RIGHT_PIN));
+		char *log = log_file(pe_log, "");
+		assert_int_equal(count(log, "\nGETPIN\n"), 1);
+		assert_null(strstr(log, "\nSETERROR"));
+		free(log);
+	}
+	free(right);
+}
+
+static void test_pin_cancel(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	pinentry_pins("cancel", 0, NULL, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_CANCELED);
+	assert_int_equal(pc.calls, 0);
+	assert_string_equal(why, "the signer cancelled the dialog");
+
+	/* Cancelled at the second prompt, after one wrong PIN. */
+	char *wrong = conf_pin("pin", WRONG_PIN, strlen(WRONG_PIN));
+	pinentry_pins("cancel", 0, NULL, wrong, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_CANCELED);
+	assert_int_equal(pc.calls, 1);
+	assert_string_equal(why, "the signer cancelled the dialog");
+	free(wrong);
+
+	pc.calls = 0;
+	pinentry_pins("timeout", 0, NULL, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_CANCELED);
+	assert_non_null(strstr(why, "did not answer within 10 s"));
+	pinentry_pins("crash", 0, NULL, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_CANCELED);
+	assert_non_null(strstr(why, "end of file"));
+	assert_int_equal(pc.calls, 0);
+}
+
+/* Longer than any PIN: never reaches check() (not even cut short), and
+ * costs a try; 255 bytes is still a PIN; an empty one is not. */
+static void test_pin_length(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	char *huge = conf_repeat('A', 5000); /* 17 D lines */
+	char *over = conf_repeat('B', 256);
+	char *max = conf_repeat('C', 255);
+	char *right = conf_pin("pin", RIGHT_PIN, strlen(RIGHT_PIN));
+	pinentry_pins("cancel", 0, NULL, huge, over, max, right, NULL);
+	assert_int_equal(ask_pin(&pc, 4, 10, why, sizeof(why)), CONFIRM_YES);
+	assert_int_equal(pc.calls, 2);
+	char c255[255];
+	memset(c255, 'C', sizeof(c255));
+	assert_checked(&pc, 0, c255, sizeof(c255));
+	assert_checked(&pc, 1, RIGHT_PIN, strlen(RIGHT_PIN));
+	char *log = log_file(pe_log, "");
+	assert_non_null(strstr(log, "\nDATA 17\n"));
+	assert_int_equal(count(log, "\nSETERROR"), 3);
+	free(log);
+
+	/* Only too-long PINs: the dialog's tries run out, nothing checked. */
+	pc.calls = 0;
+	pinentry_pins("cancel", 0, NULL, huge, over, huge, right, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 0);
+	assert_string_equal(why, "the PIN was wrong 3 times");
+
+	/* OK with no D line: an empty PIN. */
+	pinentry_pins("yes", 0, NULL, NULL);
+	assert_int_equal(ask_pin(&pc, 2, 10, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 0);
+	log = log_file(pe_log, "");
+	assert_int_equal(count(log, "\nGETPIN\n"), 2);
+	free(log);
+	free(huge);
+	free(over);
+	free(max);
+	free(right);
+}
+
+/* A D line that is not valid Assuan ends the dialog; nothing of it is
+ * taken for a PIN. */
+static void test_pin_broken_escape(void **state)
+{
+	(void)state;
+	static const char *const bad[] = { "rawpin 12%G4\n", "rawpin 12%4\n", "rawpin 12%\n" };
+	for (size_t i = 0; i < KT_ARRAY_SIZE(bad); i++) {
+		char why[256];
+		struct pin_check pc = right_is("12", 2);
+		pinentry_pins("cancel", 0, NULL, bad[i], NULL);
+		assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_CANCELED);
+		assert_int_equal(pc.calls, 0);
+		assert_non_null(strstr(why, "garbled"));
+	}
+}
+
+/* A pinentry that cannot show why it asks again: the wrong PIN stands;
+ * one without a prompt text is as broken as one without SETOK. */
+static void test_pin_refused_commands(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	char *wrong = conf_pin("pin", WRONG_PIN, strlen(WRONG_PIN));
+	char *right = conf_pin("pin", RIGHT_PIN, strlen(RIGHT_PIN));
+	pinentry_pins("cancel", 0, "refuse SETERROR\n", wrong, right, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 1);
+	assert_non_null(strstr(why, "SETERROR"));
+
+	pc.calls = 0;
+	pinentry_pins("cancel", 0, "refuse SETPROMPT\n", right, NULL);
+	assert_int_equal(ask_pin(&pc, 0, 10, why, sizeof(why)), CONFIRM_CANCELED);
+	assert_int_equal(pc.calls, 0);
+	char *log = log_file(pe_log, "");
+	assert_null(strstr(log, "\nGETPIN"));
+	free(log);
+	free(wrong);
+	free(right);
+}
+
+/* One deadline for the whole dialog: retries do not extend it, and each
+ * retry's SETTIMEOUT is what is left of it. */
+static void test_pin_deadline(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	char *wrong = conf_pin("pin", WRONG_PIN, strlen(WRONG_PIN));
+	struct timespec t0;
+	pinentry_pins("never", 1000, NULL, wrong, wrong, wrong, wrong, wrong, wrong, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(ask_pin(&pc, 8, 3, why, sizeof(why)), CONFIRM_CANCELED);
+	double s = seconds_since(&t0);
+	free(wrong);
+	assert_true(s >= 2.0);
+	assert_true(s < 7.0);
+	assert_non_null(strstr(why, "no answer within 3 s"));
+	assert_true(pc.calls >= 2 && pc.calls <= 3);
+	char *log = log_file(pe_log, "");
+	char *first = strstr(log, "\nSETTIMEOUT 3\n");
+	assert_non_null(first);
+	char *retry = strstr(first + 1, "\nSETTIMEOUT ");
+	assert_non_null(retry);
+	int secs = atoi(retry + strlen("\nSETTIMEOUT "));
+	assert_true(secs >= 1 && secs <= 2);
+	free(log);
+}
+
+/* With policy tracing on, the trace names GETPIN and the check's result,
+ * and neither PIN; `why` of a failure names no PIN either. */
+static void test_pin_not_logged(void **state)
+{
+	(void)state;
+	char why[256], path[160];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	char *wrong = conf_pin("pin", WRONG_PIN, strlen(WRONG_PIN));
+	char *right = conf_pin("pin", RIGHT_PIN, strlen(RIGHT_PIN));
+	snprintf(path, sizeof(path), "%s/trace", tmp);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	fflush(stderr);
+	int saved = dup(2);
+	dup2(fd, 2);
+	close(fd);
+	unsigned old_mask = kt_debug_mask;
+	kt_debug_mask |= KT_DBG_POLICY;
+
+	pinentry_pins("cancel", 0, NULL, wrong, right, NULL);
+	enum confirm_answer yes = ask_pin(&pc, 0, 10, why, sizeof(why));
+	pinentry_pins("cancel", 0, NULL, wrong, wrong, NULL);
+	enum confirm_answer failed = ask_pin(&pc, 2, 10, why, sizeof(why));
+
+	kt_debug_mask = old_mask;
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	free(wrong);
+	free(right);
+	assert_int_equal(yes, CONFIRM_YES);
+	assert_int_equal(failed, CONFIRM_PIN_FAILED);
+	assert_null(strstr(why, WRONG_PIN));
+
+	char *trace = slurp(path);
+	assert_non_null(strstr(trace, ": GETPIN -> OK"));
+	assert_non_null(strstr(trace, "PIN check -> CKR_PIN_INCORRECT"));
+	assert_non_null(strstr(trace, "PIN check -> CKR_OK"));
+	assert_non_null(strstr(trace, "answer PIN failed"));
+	assert_null(strstr(trace, RIGHT_PIN));
+	assert_null(strstr(trace, WRONG_PIN));
+	/* Nor escaped as on the wire. */
+	assert_null(strstr(trace, "Zq%258"));
+	assert_null(strstr(trace, "Wx%257"));
+	free(trace);
+	assert_pin_nowhere(RIGHT_PIN, strlen(RIGHT_PIN));
+	assert_pin_nowhere(WRONG_PIN, strlen(WRONG_PIN));
+}
+
+/* The command backend's yes is the signer's act: req->pin changes
+ * nothing, check() is never called; deny and the notice ignore it too. */
+static void test_pin_other_backends(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is(RIGHT_PIN, strlen(RIGHT_PIN));
+	struct confirm_pin pin = { .check = check_pin, .ctx = &pc };
+	struct confirm_request req = sample();
+	req.pin = &pin;
+	struct confirm_config cfg = command_cfg(10);
+
+	command_mode("plain", 0);
+	assert_int_equal(confirm_ask(&cfg, &req, why, sizeof(why)), CONFIRM_YES);
+	command_mode("plain", 1);
+	assert_int_equal(confirm_ask(&cfg, &req, why, sizeof(why)), CONFIRM_NO);
+	command_mode("plain", 3);
+	assert_int_equal(confirm_ask(&cfg, &req, why, sizeof(why)), CONFIRM_CANCELED);
+	assert_non_null(strstr(why, "exit status 3"));
+	/* Its input is the request as without a PIN. */
+	size_t len;
+	char *text = confirm_render(&req, &len);
+	char *out = log_file(cmd_out, "");
+	assert_string_equal(out + strlen("=== confirm\n"), text);
+	free(out);
+	kt_free_secret(text, len);
+
+	cfg = (struct confirm_config){ .backend = CONFIRM_DENY };
+	assert_int_equal(confirm_ask(&cfg, &req, why, sizeof(why)), CONFIRM_NO);
+	assert_string_equal(why, "confirmation backend is deny");
+
+	cfg = pinentry_cfg(10);
+	pinentry_pins("yes", 0, NULL, NULL);
+	confirm_notify(&cfg, &req);
+	char *log = log_file(pe_log, "");
+	assert_non_null(strstr(log, "\nMESSAGE\n"));
+	assert_null(strstr(log, "GETPIN"));
+	assert_null(strstr(log, "SETPROMPT"));
+	free(log);
+	assert_int_equal(pc.calls, 0);
+
+	/* And without req->pin pinentry still only asks CONFIRM. */
+	req.pin = NULL;
+	pinentry_pins("yes", 0, NULL, NULL);
+	assert_int_equal(confirm_ask(&cfg, &req, why, sizeof(why)), CONFIRM_YES);
+	log = log_file(pe_log, "");
+	assert_non_null(strstr(log, "\nCONFIRM\n"));
+	assert_non_null(strstr(log, "\nSETNOTOK _Do not sign\n"));
+	assert_null(strstr(log, "GETPIN"));
+	assert_null(strstr(log, "SETPROMPT"));
+	free(log);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -753,6 +1297,18 @@ int main(void)
 		cmocka_unit_test_teardown(test_deny, no_zombies),
 		cmocka_unit_test_teardown(test_concurrent_pinentry, no_zombies),
 		cmocka_unit_test_teardown(test_concurrent_command, no_zombies),
+		cmocka_unit_test_teardown(test_pin_right_first_time, no_zombies),
+		cmocka_unit_test_teardown(test_pin_split_lines, no_zombies),
+		cmocka_unit_test_teardown(test_pin_wrong_then_right, no_zombies),
+		cmocka_unit_test_teardown(test_pin_wrong_every_time, no_zombies),
+		cmocka_unit_test_teardown(test_pin_check_refuses, no_zombies),
+		cmocka_unit_test_teardown(test_pin_cancel, no_zombies),
+		cmocka_unit_test_teardown(test_pin_length, no_zombies),
+		cmocka_unit_test_teardown(test_pin_broken_escape, no_zombies),
+		cmocka_unit_test_teardown(test_pin_refused_commands, no_zombies),
+		cmocka_unit_test_teardown(test_pin_deadline, no_zombies),
+		cmocka_unit_test_teardown(test_pin_not_logged, no_zombies),
+		cmocka_unit_test_teardown(test_pin_other_backends, no_zombies),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
