@@ -20,6 +20,7 @@
 #include "certattrs.h"
 #include "koltamga/pkcs11v.h"
 #include "object.h"
+#include "policy/audit.h"
 #include "policy/certcheck.h"
 #include "policy/compromise.h"
 #include "policy/signing.h"
@@ -228,6 +229,7 @@ static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
 		reserved = args->pReserved;
 	}
 
+
 	pthread_mutex_lock(&init_lock);
 	if (forked) {
 		/* A child of an initialised parent: the inherited state belongs
@@ -260,6 +262,10 @@ static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
 		state_reset();
 		goto out;
 	}
+	/* The audit log's flusher is our only thread; some applications
+	 * forbid them. */
+	audit_allow_threads(!(pInitArgs && (((CK_C_INITIALIZE_ARGS *)pInitArgs)->flags &
+					    CKF_LIBRARY_CANT_CREATE_OS_THREADS)));
 	__atomic_store_n(&initialized, true, __ATOMIC_RELEASE);
 out:
 	pthread_mutex_unlock(&init_lock);

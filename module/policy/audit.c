@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -534,21 +535,32 @@ CK_RV audit_append(const char *path, const struct audit_record *rec)
 /*
  * Deferred records (seals signing thousands of times a second): kept in
  * memory and written together, with one fsync, when DEFER_MAX have
- * gathered, when the oldest is DEFER_SECONDS old (checked at the next
- * record), or at audit_flush() (C_Finalize).  A crash loses at most that
- * much of the seal's record; the chain stays verifiable.
+ * gathered, when the oldest is DEFER_SECONDS old, or at audit_shutdown()
+ * (C_Finalize, and the module's unloading or the process's exit: Java's
+ * SunPKCS11 never calls C_Finalize).  A crash loses at most that much of
+ * the seal's record; the chain stays verifiable.
  *
- * The thread that finds the batch due takes it whole and writes it
- * without holding defer_mutex, so the other signing threads go on
- * filling the next batch during the write and fsync; flush_mutex keeps
- * the batches in the file in the order they were filled.
+ * The age limit needs someone awake when no signature comes: a flusher
+ * thread, started with the first deferred record, sleeps until the
+ * oldest pending record is due.  An application that forbids our threads
+ * (CKF_LIBRARY_CANT_CREATE_OS_THREADS) gets the check at each record
+ * instead.
+ *
+ * The thread that writes a batch takes it whole and writes it without
+ * holding defer_mutex, so signing threads go on filling the next batch
+ * during the write and fsync; flush_mutex keeps the batches in the file in
+ * the order they were filled.
  */
 static pthread_mutex_t defer_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t flush_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t defer_cond = PTHREAD_COND_INITIALIZER;
 static struct batch *pending;
 /* A forked child keeps its parent's batch referenced here (leak checkers
  * would otherwise call it the child's). */
 static struct batch *volatile abandoned_batch;
+static bool threads_allowed = true;
+static bool flusher_running, flusher_stop;
+static pthread_t flusher;
 
 /* Write the pending batch, if any; with flush_mutex held. */
 static CK_RV flush_pending(void)
@@ -573,22 +585,87 @@ static CK_RV flush(void)
 	return rv;
 }
 
+static bool batch_due(const struct batch *bt, time_t now)
+{
+	return bt && bt->n && (bt->n == DEFER_MAX || now - bt->since >= DEFER_SECONDS);
+}
+
+static void *flusher_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&defer_mutex);
+	while (!flusher_stop) {
+		if (batch_due(pending, time(NULL))) {
+			pthread_mutex_unlock(&defer_mutex);
+			flush();
+			pthread_mutex_lock(&defer_mutex);
+		} else if (pending && pending->n) {
+			struct timespec until = { .tv_sec = pending->since + DEFER_SECONDS };
+			pthread_cond_timedwait(&defer_cond, &defer_mutex, &until);
+		} else {
+			pthread_cond_wait(&defer_cond, &defer_mutex);
+		}
+	}
+	pthread_mutex_unlock(&defer_mutex);
+	return NULL;
+}
+
+/* With defer_mutex held.  The thread takes no signals: they are the
+ * application's. */
+static void flusher_start(void)
+{
+	sigset_t all, old;
+	if (flusher_running || !threads_allowed)
+		return;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	flusher_stop = false;
+	flusher_running = pthread_create(&flusher, NULL, flusher_main, NULL) == 0;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 /* A forked child must not write its parent's pending records a second
- * time: they are the parent's to write. */
+ * time: they are the parent's to write.  Nor has it the parent's flusher. */
 static void defer_atfork_child(void)
 {
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+	pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
 	defer_mutex = fresh;
 	flush_mutex = fresh;
+	defer_cond = fresh_cond;
 	abandoned_batch = pending;
 	pending = NULL;
+	flusher_running = false;
+	flusher_stop = false;
 }
 
 static pthread_once_t defer_once = PTHREAD_ONCE_INIT;
 
+static void audit_at_exit(void)
+{
+	audit_shutdown();
+}
+
+/*
+ * At the first deferred record.  The exit handler, registered from here
+ * (a shared object's atexit also runs at its dlclose), writes a seal's
+ * last records when the application never calls C_Finalize (Java's
+ * SunPKCS11) and stops the flusher before its code goes away.  Registered
+ * now, after OpenSSL has registered its own cleanup, so it runs before
+ * that: exit handlers run last-registered first, and the records' hashes
+ * need OpenSSL.
+ */
 static void defer_register(void)
 {
 	pthread_atfork(NULL, NULL, defer_atfork_child);
+	atexit(audit_at_exit);
+}
+
+void audit_allow_threads(bool allowed)
+{
+	pthread_mutex_lock(&defer_mutex);
+	threads_allowed = allowed;
+	pthread_mutex_unlock(&defer_mutex);
 }
 
 CK_RV audit_append_deferred(const char *path, const struct audit_record *rec)
@@ -603,7 +680,12 @@ CK_RV audit_append_deferred(const char *path, const struct audit_record *rec)
 			pending = calloc(1, sizeof(*pending));
 		bool other_path = pending && pending->path && strcmp(pending->path, path) != 0;
 		if (pending && !other_path && batch_add(pending, rec, path)) {
-			bool due = pending->n == DEFER_MAX || time(NULL) - pending->since >= DEFER_SECONDS;
+			bool due = batch_due(pending, time(NULL));
+			if (pending->n == 1) {
+				/* A new batch: the flusher learns its deadline. */
+				flusher_start();
+				pthread_cond_signal(&defer_cond);
+			}
 			pthread_mutex_unlock(&defer_mutex);
 			if (due) {
 				CK_RV r2 = flush();
@@ -628,6 +710,22 @@ CK_RV audit_append_deferred(const char *path, const struct audit_record *rec)
 
 CK_RV audit_flush(void)
 {
+	return flush();
+}
+
+CK_RV audit_shutdown(void)
+{
+	pthread_mutex_lock(&defer_mutex);
+	bool running = flusher_running;
+	flusher_stop = true;
+	pthread_cond_signal(&defer_cond);
+	pthread_mutex_unlock(&defer_mutex);
+	if (running)
+		pthread_join(flusher, NULL);
+	pthread_mutex_lock(&defer_mutex);
+	flusher_running = false;
+	flusher_stop = false;
+	pthread_mutex_unlock(&defer_mutex);
 	return flush();
 }
 

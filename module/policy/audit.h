@@ -30,13 +30,20 @@ struct audit_record {
 CK_RV audit_append(const char *path, const struct audit_record *rec);
 
 /* The same, for records that may wait: kept in memory and written with
- * others (one fsync for up to 4096 records, at most a second later, or at
- * audit_flush).  For automatic (seal) signatures, whose volume would
+ * others (one fsync for up to 4096 records, at most about a second later,
+ * or at audit_shutdown).  For automatic (seal) signatures, whose volume would
  * otherwise cost an fsync each.  A failure to write earlier records is
  * reported here. */
 CK_RV audit_append_deferred(const char *path, const struct audit_record *rec);
-/* Write the deferred records now (C_Finalize). */
+/* Write the deferred records now. */
 CK_RV audit_flush(void);
+/* Stop the flusher thread and write what is left (C_Finalize; also when the
+ * module unloads or the process exits without C_Finalize). */
+CK_RV audit_shutdown(void);
+/* May the module start its flusher thread?  Not when the application said
+ * CKF_LIBRARY_CANT_CREATE_OS_THREADS: records then wait for the next one,
+ * a full batch, or audit_shutdown. */
+void audit_allow_threads(bool allowed);
 
 /* Verify a log's chain: 0 when intact; otherwise the 1-based number of the
  * first broken record (and `why` says what is wrong). */

@@ -31,7 +31,7 @@ void signing_configure(const struct config *c)
 
 void signing_flush(void)
 {
-	audit_flush();
+	audit_shutdown();
 }
 
 static bool same_bytes(const CK_ATTRIBUTE *a, const void *p, size_t n)

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -699,6 +700,90 @@ static void test_mutation_after_prompt(void **state)
 	free(a);
 }
 
+/* fixture_slot_by_label without cmocka's asserts, for a forked child. */
+static CK_SLOT_ID slot_by_label_raw(const char *label)
+{
+	CK_SLOT_ID slots[64];
+	CK_ULONG n = 64;
+	CK_TOKEN_INFO ti;
+	size_t len = strlen(label);
+	if (F->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+		return (CK_SLOT_ID)-1;
+	for (CK_ULONG i = 0; i < n; i++)
+		if (F->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, label, len) == 0 &&
+		    ti.label[len] == ' ')
+			return slots[i];
+	return (CK_SLOT_ID)-1;
+}
+
+/* A token seal key, visible to other processes using the token. */
+static void token_seal(CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+	const char *label = "seal";
+	CK_ATTRIBUTE pub_t[] = { { CKA_EC_PARAMS, (void *)fx_p256, fx_p256_len },
+				 { CKA_TOKEN, &fx_true, sizeof(fx_true) },
+				 { CKA_LABEL, (void *)label, strlen(label) } };
+	CK_ATTRIBUTE priv_t[] = { { CKA_TOKEN, &fx_true, sizeof(fx_true) },
+				  { CKA_LABEL, (void *)label, strlen(label) } };
+	assert_int_equal(fixture_gen_keypair(s, CKM_EC_KEY_PAIR_GEN, pub_t, 3, priv_t, 2, pub, priv), CKR_OK);
+}
+
+/* A seal's record waits for its batch, but not for ever: about a second
+ * later it is in the log, with no further call into the module. */
+static void test_seal_record_written_when_idle(void **state)
+{
+	CK_OBJECT_HANDLE pub, seal;
+	CK_BYTE sig[80];
+	CK_ULONG len = sizeof(sig);
+	keypair("seal", &pub, &seal);
+	sign_init(seal, false);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OK);
+	int n = 0;
+	for (int i = 0; i < 1000 && n == 0; i++) {
+		char *log = slurp(audit);
+		n = count(log, "\"decision\":\"signed\"");
+		free(log);
+		if (n == 0)
+			usleep(10000);
+	}
+	assert_int_equal(n, 1);
+}
+
+/* Java never calls C_Finalize: a process that signs with a seal and exits
+ * still leaves its record, with or without our flusher thread. */
+static void test_seal_record_survives_exit_without_finalize(void **state)
+{
+	CK_OBJECT_HANDLE pub, seal;
+	token_seal(&pub, &seal);
+	for (int threads = 1; threads >= 0; threads--) {
+		pid_t child = fork();
+		assert_true(child >= 0);
+		if (child == 0) {
+			CK_C_INITIALIZE_ARGS args = { .flags = CKF_OS_LOCKING_OK };
+			if (!threads)
+				args.flags |= CKF_LIBRARY_CANT_CREATE_OS_THREADS;
+			CK_SESSION_HANDLE cs;
+			CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+			CK_BYTE sig[80];
+			CK_ULONG len = sizeof(sig);
+			if (F->C_Initialize(&args) != CKR_OK ||
+			    F->C_OpenSession(slot_by_label_raw("activation"), CKF_SERIAL_SESSION, NULL, NULL, &cs) != CKR_OK ||
+			    F->C_Login(cs, CKU_USER, FX_PIN(FX_USER_PIN)) != CKR_OK || F->C_SignInit(cs, &m, seal) != CKR_OK ||
+			    F->C_Sign(cs, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len) != CKR_OK)
+				_exit(3);
+			exit(0); /* no C_Finalize, atexit handlers run */
+		}
+		int status;
+		assert_int_equal(waitpid(child, &status, 0), child);
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		char pid[48];
+		snprintf(pid, sizeof(pid), "\"pid\":%ld,\"decision\":\"signed\"", (long)child);
+		char *log = slurp(audit);
+		assert_int_equal(count(log, pid), 1);
+		free(log);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -718,6 +803,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_strict_policy, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_confidential_document, setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_mutation_after_prompt, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_seal_record_written_when_idle, setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_seal_record_survives_exit_without_finalize, setup, fixture_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
