@@ -12,7 +12,7 @@ PACKAGES=(
 	p11-kit gnutls-bin opensc opensc-pkcs11 softhsm2 libnss3-tools
 	openssl sqlite3
 	# Java's SunPKCS11 (keytool) and the test PKI's helpers (xxd, flock)
-	openjdk-17-jre-headless xxd util-linux
+	openjdk-17-jdk-headless xxd util-linux
 	# the confirmation dialog: the terminal pinentry, driven through tmux
 	pinentry-tty tmux
 	# checkers and the tools the test scripts use
