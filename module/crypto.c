@@ -1378,6 +1378,10 @@ CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PK
 		op->mctx = EVP_MD_CTX_new();
 		if (!op->mctx)
 			goto out;
+		/* An operation ends with its one final: without this flag
+		 * OpenSSL would copy the whole signature context at the final
+		 * so that it could go on (a few us per signature). */
+		EVP_MD_CTX_set_flags(op->mctx, EVP_MD_CTX_FLAG_FINALISE);
 		r = sign ? EVP_DigestSignInit(op->mctx, &pctx, md, NULL, key)
 			 : EVP_DigestVerifyInit(op->mctx, &pctx, md, NULL, key);
 		if (r <= 0) {
