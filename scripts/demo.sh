@@ -51,6 +51,8 @@ if [ -z "${KOLTAMGA_MODULE:-}" ]; then
 	KOLTAMGA_MODULE=$BUILD/.libs/koltamga-pkcs11.so
 fi
 MODULE=$KOLTAMGA_MODULE
+# A module given from outside: its build tree holds the audit tool.
+BUILD=${BUILD:-$(cd "$(dirname "$MODULE")/.." && pwd)}
 [ -f "$MODULE" ] || { echo "module not found: $MODULE" >&2; exit 1; }
 echo "  module: $MODULE"
 
