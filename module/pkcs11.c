@@ -1504,6 +1504,43 @@ static char *attr_dn(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 	return s;
 }
 
+/* What the certificate limits, in words the signer reads before saying
+ * yes: the transaction limit, the powers to act for others and their end,
+ * the extended key usages.  NULL when it limits none of these. */
+static char *restrictions_of(const struct attrs *cert)
+{
+	char *limit = attr_text(cert, CKA_KT_QC_LIMIT_VALUE), *powers = attr_text(cert, CKA_KT_POWERS);
+	char *until = attr_text(cert, CKA_KT_POWERS_UNTIL), *eku = attr_text(cert, CKA_KT_EXT_KEY_USAGE);
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = limit || powers || eku ? open_memstream(&out, &len) : NULL;
+	const char *sep = "";
+	if (f) {
+		if (limit) {
+			fprintf(f, "transactions up to %s", limit);
+			sep = "; ";
+		}
+		if (powers) {
+			fprintf(f, "%sacts for others: %s", sep, powers);
+			/* "YYYYMMDDhhmmssZ": the day is what a person checks */
+			if (until && strlen(until) >= 8)
+				fprintf(f, " until %.4s-%.2s-%.2s", until, until + 4, until + 6);
+			sep = "; ";
+		}
+		if (eku)
+			fprintf(f, "%sextended key usage %s", sep, eku);
+		if (fclose(f) != 0) {
+			free(out);
+			out = NULL;
+		}
+	}
+	free(limit);
+	free(powers);
+	free(until);
+	free(eku);
+	return out;
+}
+
 /* Remember the certificate a signing key belongs to, and whether a
  * qualified certificate with its CKA_ID names some other key. */
 static void bind_certificate(void *ctx, const struct object *cert, bool matches)
@@ -1523,6 +1560,7 @@ static void bind_certificate(void *ctx, const struct object *cert, bool matches)
 	attrs_get_ulong(cert->attrs, CKA_KT_HOLDER_TYPE, &b->c->holder_type);
 	b->c->signer = attr_text(cert->attrs, CKA_KT_COMMON_NAME);
 	b->c->cert_issuer = attr_dn(cert->attrs, CKA_ISSUER);
+	b->c->restrictions = restrictions_of(cert->attrs);
 	b->c->cert_serial = attr_serial_hex(cert->attrs);
 	b->c->cert = malloc(der->ulValueLen);
 	if (!b->c->cert) {

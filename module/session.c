@@ -46,6 +46,7 @@ void session_end_crypto(struct session *s)
 	free(c->key_label);
 	free(c->key_id);
 	free(c->token_serial);
+	free(c->restrictions);
 	/* The document itself: wiped, whatever happened. */
 	kt_free_secret(c->data, c->data_cap);
 	for (size_t i = 0; i < c->n_docs; i++) {

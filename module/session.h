@@ -48,6 +48,7 @@ struct crypto_state {
 	bool hash_only;             /* the mechanism gets a hash, not the document */
 	CK_ULONG holder_type;       /* CK_KT_HOLDER_* of the bound certificate */
 	char *signer, *cert_issuer, *cert_serial, *key_label, *key_id, *token_serial;
+	char *restrictions;         /* the certificate's limits worth showing the signer */
 	CK_BYTE *data;
 	CK_ULONG data_len, data_cap;
 	unsigned long long streamed; /* bytes given to a streaming op (automatic keys) */

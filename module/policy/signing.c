@@ -274,6 +274,7 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 	b->req.signer = c->signer ? c->signer : c->key_label;
 	b->req.certificate = b->certificate[0] ? b->certificate : NULL;
 	b->req.key_label = c->key_label;
+	b->req.restrictions = c->restrictions;
 	b->req.mechanism = b->mechanism;
 	b->req.program = calling_program();
 	b->req.pid = (long)getpid();

@@ -1074,6 +1074,45 @@ static void test_sign_trust(void **state)
 	ee_free(&legacy);
 }
 
+/* The signer reads what the certificate limits before saying yes: the
+ * transaction limit, a representative's powers and their end. */
+static void test_dialog_shows_restrictions(void **state)
+{
+	struct ee person, rep;
+	char conf[PATH_MAX], out[PATH_MAX];
+
+	(void)state;
+	FX_KOLTAMGA_ONLY();
+	snprintf(conf, sizeof(conf), "%s/fake-confirm-out.conf", fx.dir);
+	snprintf(out, sizeof(out), "%s/asked", fx.dir);
+	FILE *fp = fopen(conf, "w");
+	assert_non_null(fp);
+	fprintf(fp, "out=%s\ncode=0\n", out);
+	fclose(fp);
+	char *saved = strdup(getenv("KT_FAKE_CONFIRM"));
+	setenv("KT_FAKE_CONFIRM", conf, 1);
+
+	ee_issue(&person, "person", "person");
+	ee_issue(&rep, "representative", "representative");
+	signs(person.priv, person.x);
+	signs(rep.priv, rep.x);
+
+	fp = fopen(out, "r");
+	assert_non_null(fp);
+	static char asked[1 << 16];
+	asked[fread(asked, 1, sizeof(asked) - 1, fp)] = '\0';
+	fclose(fp);
+	assert_non_null(strstr(asked, "Restrictions: transactions up to 1000000 KGS"));
+	assert_non_null(strstr(asked, "; acts for others: Подписывать договоры и налоговую "
+				      "отчётность от имени ОсОО Тест Компани until 2030-12-31"));
+	assert_non_null(strstr(asked, "Signer: "));
+
+	setenv("KT_FAKE_CONFIRM", saved, 1);
+	free(saved);
+	ee_free(&person);
+	ee_free(&rep);
+}
+
 static void test_sign_stale(void **state)
 {
 	struct ee person, revoked;
@@ -1626,6 +1665,7 @@ int main(void)
 	    cmocka_unit_test_prestate_setup_teardown(test_attrs_representative, setup, teardown, &conf_none),
 	    cmocka_unit_test_prestate_setup_teardown(test_attrs_nosign_expired, setup, teardown, &conf_none),
 	    cmocka_unit_test_prestate_setup_teardown(test_sign_trust, setup, teardown, &conf_trust),
+	    cmocka_unit_test_prestate_setup_teardown(test_dialog_shows_restrictions, setup, teardown, &conf_trust),
 	    cmocka_unit_test_prestate_setup_teardown(test_sign_stale, setup, teardown, &conf_stale),
 	    cmocka_unit_test_prestate_setup_teardown(test_sign_stale, setup, teardown, &conf_stale_allow),
 	    cmocka_unit_test_prestate_setup_teardown(test_sign_no_trust_list, setup, teardown, &conf_none),
