@@ -51,6 +51,7 @@ void config_free(struct config *c)
 	free(c->confirm_program);
 	free(c->audit_log);
 	free(c->compromise_dir);
+	free(c->consent_file);
 	free(c->trust_list);
 	free(c->crl_dir);
 	free(c->store_dir);
@@ -188,6 +189,20 @@ static CK_RV set_module_key(struct config *c, const char *key, const char *val, 
 		c->refuse_imported = strcmp(val, "refuse") == 0;
 		return CKR_OK;
 	}
+	if (strcmp(key, "personal_data") == 0) {
+		if (strcmp(val, "login") != 0 && strcmp(val, "consent") != 0)
+			return CKR_ARGUMENTS_BAD;
+		c->personal_consent = strcmp(val, "consent") == 0;
+		return CKR_OK;
+	}
+	if (strcmp(key, "personal_data_certificates") == 0) {
+		if (strcmp(val, "private") != 0 && strcmp(val, "public") != 0)
+			return CKR_ARGUMENTS_BAD;
+		c->public_personal_certs = strcmp(val, "public") == 0;
+		return CKR_OK;
+	}
+	if (strcmp(key, "consent_file") == 0)
+		return set_path(&c->consent_file, val);
 	if (strcmp(key, "compromise_reports") == 0)
 		return set_path(&c->compromise_dir, val);
 	if (strcmp(key, "confirm") == 0) {
@@ -563,6 +578,8 @@ CK_RV config_load(const char *reserved, struct config **out)
 		rv = default_state_path(&c->audit_log, "audit.log");
 	if (rv == CKR_OK && !c->compromise_dir)
 		rv = default_state_path(&c->compromise_dir, "compromise");
+	if (rv == CKR_OK && !c->consent_file)
+		rv = default_state_path(&c->consent_file, "consents");
 	if (rv != CKR_OK) {
 		config_free(c);
 		return rv;

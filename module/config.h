@@ -32,6 +32,12 @@
  *   confirm_timeout = N  seconds to wait for the signer, 1..3600 (default 60)
  *   imported_keys = allow|refuse  may a confirm key that was imported (not
  *                       generated on the token, CKA_LOCAL false) sign? (allow)
+ *   personal_data = login|consent  who reads birth date, personal number,
+ *                       a person's address (default login)
+ *   personal_data_certificates = private|public  certificates carrying
+ *                       them are private objects (default private)
+ *   consent_file = FILE the programs the holder allowed (default
+ *                       $XDG_STATE_HOME/koltamga/consents)
  *   compromise_reports = DIR  key compromise reports for the certification
  *                       centre (default $XDG_STATE_HOME/koltamga/compromise)
  *   audit_log = FILE    (default $XDG_STATE_HOME/koltamga/audit.log, else
@@ -90,6 +96,9 @@ struct config {
 	enum sign_policy policy; /* for keys on store tokens */
 	bool strict;
 	bool refuse_imported;    /* imported_keys = refuse: confirm keys must be CKA_LOCAL */
+	bool personal_consent;   /* personal_data = consent (else login) */
+	bool public_personal_certs; /* personal_data_certificates = public */
+	char *consent_file;      /* remembered consents */
 	char *compromise_dir;    /* where key compromise reports go */
 	int confirm_backend;     /* enum confirm_backend */
 	char *confirm_program;

@@ -382,6 +382,21 @@ static CK_RV fill_defaults(struct attrs *a, unsigned cbit, enum object_origin or
 	return rv;
 }
 
+static bool personal_private = true;
+
+void object_set_personal_private(bool yes)
+{
+	personal_private = yes;
+}
+
+static bool carries_personal_data(const struct attrs *a)
+{
+	for (size_t i = 0; i < attrs_count(a); i++)
+		if (certattrs_is_personal(attrs_at(a, i)->type))
+			return true;
+	return false;
+}
+
 /*
  * CKA_SERIAL_NUMBER is the DER encoding of the serial (PKCS#11 4.6.3), but
  * Java's SunPKCS11 stores BigInteger.toByteArray(): the INTEGER's content
@@ -434,6 +449,15 @@ static CK_RV check_certificate(struct attrs *a)
 			rv = attrs_set(a, d->type, d->pValue, d->ulValueLen);
 		else if (!attrs_match(derived, given))
 			rv = CKR_TEMPLATE_INCONSISTENT;
+	}
+	/* Birth date, personal number, a person's address: not for anyone
+	 * who merely lists the token's certificates.  Whatever the template
+	 * says (the law's rule; the configuration may lift it). */
+	if (rv == CKR_OK && personal_private && carries_personal_data(derived) && !attrs_bool(a, CKA_PRIVATE, false)) {
+		if (attrs_has(a, CKA_PRIVATE))
+			kt_log("a certificate carrying personal data is stored as a private object "
+			       "(personal_data_certificates = public allows otherwise)");
+		rv = attrs_set_bool(a, CKA_PRIVATE, true);
 	}
 	attrs_free(derived);
 	return rv;
@@ -569,8 +593,11 @@ CK_RV object_modify(struct attrs *a, const struct attrs *tmpl, bool copy,
 		if (!allowed)
 			return CKR_ATTRIBUTE_READ_ONLY;
 		/* A copy may not turn a private or secret key into a public
-		 * object: that would outlive the login that guards it. */
-		if (t->type == CKA_PRIVATE && (cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY) &&
+		 * object: that would outlive the login that guards it.  Nor a
+		 * certificate carrying personal data. */
+		if (t->type == CKA_PRIVATE &&
+		    (cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY ||
+		     (cls == CKO_CERTIFICATE && personal_private && carries_personal_data(a))) &&
 		    !attrs_bool(tmpl, CKA_PRIVATE, true) && attrs_bool(a, CKA_PRIVATE, true))
 			return CKR_ATTRIBUTE_READ_ONLY;
 		if (r->kind == V_BOOL) {

@@ -45,6 +45,10 @@ CK_RV object_build(struct attrs *a, enum object_origin origin, CK_OBJECT_CLASS c
 CK_RV object_modify(struct attrs *a, const struct attrs *tmpl, bool copy,
 		    const struct object_actor *who);
 
+/* Certificates that carry personal data become private objects (the
+ * default; personal_data_certificates = public turns it off). */
+void object_set_personal_private(bool yes);
+
 /* C_GetAttributeValue over one object, with the specification's per-entry
  * semantics (CK_UNAVAILABLE_INFORMATION, sensitive values, short buffers). */
 CK_RV object_get_attributes(const struct attrs *a, bool complete, CK_ATTRIBUTE *tmpl,

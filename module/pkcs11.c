@@ -23,6 +23,7 @@
 #include "policy/audit.h"
 #include "policy/certcheck.h"
 #include "policy/compromise.h"
+#include "policy/personal.h"
 #include "policy/signing.h"
 #include "session.h"
 #include "slot.h"
@@ -187,6 +188,8 @@ static void state_reset(void)
 static CK_RV policy_init(const struct config *c)
 {
 	signing_configure(c);
+	personal_configure(c);
+	object_set_personal_private(!c->public_personal_certs);
 	for (size_t i = 0; i < c->n_oids; i++) {
 		if (certattrs_add_oid(c->oids[i].name, c->oids[i].oid) != CKR_OK) {
 			kt_log("%s: [profile] oid.%s: unknown name or malformed OID", c->source,
@@ -1020,25 +1023,128 @@ static CK_RV certificate_attributes(const struct object *o, CK_ATTRIBUTE *tmpl, 
 	return rv;
 }
 
+static char *attr_text(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+static char *attr_hex(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+static char *attr_serial_hex(const struct attrs *a);
+static char *attr_dn(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+static char *issuer_text(const struct attrs *cert);
+
+/* One object's attributes, the personal ones hidden when `hide`. */
+static CK_RV read_attributes(const struct object *o, CK_ATTRIBUTE *tmpl, CK_ULONG count, bool hide)
+{
+	if (!hide) {
+		if (o->cls == CKO_CERTIFICATE && asks_status(tmpl, count))
+			return certificate_attributes(o, tmpl, count);
+		return object_get_attributes(o->attrs, o->complete, tmpl, count);
+	}
+	/* Entry by entry: the hidden ones are sensitive, the rest as usual
+	 * (the specification lets any one of several errors be returned). */
+	CK_RV rv = CKR_OK;
+	for (CK_ULONG i = 0; i < count; i++) {
+		CK_RV r;
+		if (certattrs_is_personal(tmpl[i].type) && attrs_has(o->attrs, tmpl[i].type)) {
+			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			r = CKR_ATTRIBUTE_SENSITIVE;
+		} else {
+			r = read_attributes(o, &tmpl[i], 1, false);
+		}
+		if (rv == CKR_OK)
+			rv = r;
+	}
+	return rv;
+}
+
+/* Did the read hand out a personal value (not just a length)? */
+static bool disclosed_values(const struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+{
+	for (CK_ULONG i = 0; i < count; i++)
+		if (certattrs_is_personal(tmpl[i].type) && attrs_has(o->attrs, tmpl[i].type) && tmpl[i].pValue &&
+		    tmpl[i].ulValueLen != CK_UNAVAILABLE_INFORMATION)
+			return true;
+	return false;
+}
+
+/* Whose personal data, for the dialog and the audit record. */
+struct holder_facts {
+	char serial[17];
+	char *cn, *issuer, *cert_serial, *certificate;
+};
+
+static void holder_facts_get(const struct token *t, const struct object *o, struct holder_facts *h)
+{
+	snprintf(h->serial, sizeof(h->serial), "%s", t->state.serial);
+	h->cn = attr_text(o->attrs, CKA_KT_COMMON_NAME);
+	h->issuer = issuer_text(o->attrs);
+	h->cert_serial = attr_serial_hex(o->attrs);
+	if (asprintf(&h->certificate, "issued by %s, serial %s", h->issuer ? h->issuer : "?",
+		     h->cert_serial ? h->cert_serial : "?") < 0)
+		h->certificate = NULL;
+}
+
+static void holder_facts_free(struct holder_facts *h)
+{
+	free(h->cn);
+	free(h->issuer);
+	free(h->cert_serial);
+	free(h->certificate);
+}
+
+/*
+ * C_GetAttributeValue.  A certificate's personal data (birth, personal
+ * number, a person's address) is read only by a session logged in as the
+ * user, and under personal_data = consent only by a program the holder
+ * allowed; the question waits for a person, so it is asked without the
+ * token lock and the object looked up again afterwards.
+ */
 static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 				  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
 	struct session *s;
+	struct holder_facts facts = { 0 };
+	char names[512];
+	bool personal = false, hide = false, asked = false;
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	token_lock(s->token);
-	rv = token_sync(s->token);
-	struct object *o = rv == CKR_OK ? token_object_get(s->token, hObject) : NULL;
+	if (!pTemplate && ulCount) {
+		end(s);
+		return CKR_ARGUMENTS_BAD;
+	}
+	struct token *t = s->token;
+	token_lock(t);
+	rv = token_sync(t);
+	struct object *o = rv == CKR_OK ? token_object_get(t, hObject) : NULL;
 	if (rv == CKR_OK && !o)
 		rv = CKR_OBJECT_HANDLE_INVALID;
-	else if (rv == CKR_OK && !pTemplate && ulCount)
-		rv = CKR_ARGUMENTS_BAD;
-	else if (rv == CKR_OK && o->cls == CKO_CERTIFICATE && asks_status(pTemplate, ulCount))
-		rv = certificate_attributes(o, pTemplate, ulCount);
-	else if (rv == CKR_OK)
-		rv = object_get_attributes(o->attrs, o->complete, pTemplate, ulCount);
-	token_unlock(s->token);
+	if (rv == CKR_OK && o->cls == CKO_CERTIFICATE)
+		personal = personal_requested(o->attrs, pTemplate, ulCount, names, sizeof(names));
+	if (personal && !logged_in_user(t)) {
+		hide = true;
+	} else if (personal && personal_needs_consent()) {
+		holder_facts_get(t, o, &facts);
+		token_unlock(t);
+		hide = !personal_ask(facts.cn, facts.certificate, names);
+		asked = true;
+		token_lock(t);
+		rv = token_sync(t);
+		o = rv == CKR_OK ? token_object_get(t, hObject) : NULL;
+		if (rv == CKR_OK && !o)
+			rv = CKR_OBJECT_HANDLE_INVALID;
+		if (!logged_in_user(t))
+			hide = true;
+	}
+	bool disclosed = false;
+	if (rv == CKR_OK) {
+		rv = read_attributes(o, pTemplate, ulCount, hide);
+		disclosed = personal && !hide && disclosed_values(o, pTemplate, ulCount);
+		if (disclosed && !facts.certificate)
+			holder_facts_get(t, o, &facts);
+	}
+	token_unlock(t);
+	/* Every disclosure is recorded, and a holder's refusal too. */
+	if (disclosed || (asked && hide))
+		personal_audit(facts.serial, facts.issuer, facts.cert_serial, names, disclosed);
+	holder_facts_free(&facts);
 	end(s);
 	return rv;
 }
@@ -1060,10 +1166,6 @@ static void compromise_facts_free(struct compromise_facts *f)
 	free(f->reason);
 }
 
-static char *attr_text(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
-static char *attr_hex(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
-static char *attr_serial_hex(const struct attrs *a);
-static char *attr_dn(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
 
 static const char *class_name(CK_OBJECT_CLASS c)
 {
@@ -1094,7 +1196,7 @@ static void compromise_gather(struct token *t, const struct object *o, bool so, 
 	f->reason = attr_text(o->attrs, CKA_KT_COMPROMISE_REASON);
 	if (cert) {
 		f->cn = attr_text(cert, CKA_KT_COMMON_NAME);
-		f->issuer = attr_dn(cert, CKA_ISSUER);
+		f->issuer = issuer_text(cert);
 		f->cert_serial = attr_serial_hex(cert);
 	}
 	f->r = (struct compromise_report){
@@ -1179,8 +1281,16 @@ static CK_RV kt_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTe
 	if (rv == CKR_OK) {
 		token_lock(s->token);
 		rv = token_sync(s->token);
-		if (rv == CKR_OK)
+		/* Matching on personal data would disclose it: only for those
+		 * who may read it (and never asks: a find is no reason to
+		 * interrupt the holder). */
+		if (rv == CKR_OK && personal_in_template(pTemplate, ulCount) &&
+		    (!logged_in_user(s->token) || personal_needs_consent())) {
+			s->find.handles = NULL;
+			s->find.count = 0;
+		} else if (rv == CKR_OK) {
 			rv = token_find(s->token, pTemplate, ulCount, &s->find.handles, &s->find.count);
+		}
 		token_unlock(s->token);
 		if (rv == CKR_OK) {
 			s->find.active = true;
@@ -1504,6 +1614,18 @@ static char *attr_dn(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 	return s;
 }
 
+/* The issuer as the audit log and the dialog name it: the certification
+ * centre's DN.  A self-signed certificate's issuer is its holder, whose
+ * name and personal number belong in neither, so it is only "self-signed". */
+static char *issuer_text(const struct attrs *cert)
+{
+	const CK_ATTRIBUTE *iss = attrs_get(cert, CKA_ISSUER), *sub = attrs_get(cert, CKA_SUBJECT);
+	if (iss && sub && iss->ulValueLen == sub->ulValueLen &&
+	    memcmp(iss->pValue, sub->pValue, iss->ulValueLen) == 0)
+		return strdup("self-signed");
+	return attr_dn(cert, CKA_ISSUER);
+}
+
 /* What the certificate limits, in words the signer reads before saying
  * yes: the transaction limit, the powers to act for others and their end,
  * the extended key usages.  NULL when it limits none of these. */
@@ -1559,7 +1681,7 @@ static void bind_certificate(void *ctx, const struct object *cert, bool matches)
 	b->c->holder_type = CK_KT_HOLDER_UNKNOWN;
 	attrs_get_ulong(cert->attrs, CKA_KT_HOLDER_TYPE, &b->c->holder_type);
 	b->c->signer = attr_text(cert->attrs, CKA_KT_COMMON_NAME);
-	b->c->cert_issuer = attr_dn(cert->attrs, CKA_ISSUER);
+	b->c->cert_issuer = issuer_text(cert->attrs);
 	b->c->restrictions = restrictions_of(cert->attrs);
 	b->c->cert_serial = attr_serial_hex(cert->attrs);
 	b->c->cert = malloc(der->ulValueLen);

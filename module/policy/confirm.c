@@ -105,6 +105,7 @@ static const struct confirm_text {
 	const char *hash_only, *content, *more_bytes, *not_shown;
 	const char *window_title, *notice_window_title, *ok, *notok, *cancel;
 	const char *pin_prompt, *pin_wrong;
+	const char *disclose_question, *disclose_window_title, *data, *holder, *allow, *notallow;
 } text_en = {
 	.question = "Sign this document?",
 	.notice = "Signed.",
@@ -134,6 +135,12 @@ static const struct confirm_text {
 	.pin_prompt = "PIN:",
 	/* Followed by ": <number>", which spares the table a plural form. */
 	.pin_wrong = "Wrong PIN. Tries left in this dialog",
+	.disclose_question = "Allow this program to read your personal data?",
+	.disclose_window_title = "koltamga: personal data",
+	.data = "Data",
+	.holder = "Certificate of",
+	.allow = "_Allow",
+	.notallow = "_Do not allow",
 };
 static const struct confirm_text *const text = &text_en;
 
@@ -349,10 +356,33 @@ static char *render_finish(struct sbuf *b, size_t *len)
 	return sbuf_take(b, len);
 }
 
+/* A disclosure question: who asks, for what, from whose certificate. */
+static char *render_disclosure(const struct confirm_request *req, size_t *len)
+{
+	struct sbuf b = {0};
+	sbuf_str(&b, text->disclose_question);
+	sbuf_str(&b, "\n\n");
+	render_field(&b, text->data, req->title);
+	render_field(&b, text->holder, req->signer);
+	render_field(&b, text->certificate, req->certificate);
+	if (req->program || req->pid > 0) {
+		sbuf_str(&b, text->requested_by);
+		sbuf_str(&b, ": ");
+		if (req->program)
+			sbuf_clean(&b, (const unsigned char *)req->program, strlen(req->program), SIZE_MAX, false);
+		if (req->pid > 0)
+			sbuf_printf(&b, "%s(%s %ld)", req->program ? " " : "", text->pid, req->pid);
+		sbuf_str(&b, "\n");
+	}
+	return render_finish(&b, len);
+}
+
 char *confirm_render(const struct confirm_request *req, size_t *len)
 {
 	struct sbuf b = {0};
 
+	if (req->kind == CONFIRM_DISCLOSURE)
+		return render_disclosure(req, len);
 	sbuf_str(&b, text->question);
 	sbuf_str(&b, "\n\n");
 	render_facts(&b, req);
@@ -980,7 +1010,7 @@ static enum reply dialog_getpin(struct dialog *d, const struct confirm_pin *pin,
  * reply to `verb` (or dialog_getpin's verdict); *err its code.
  */
 static enum reply dialog_run(const struct confirm_config *cfg, const char *window_title, const char *desc,
-			     size_t desc_len, const char *verb, const struct confirm_pin *pin,
+			     size_t desc_len, const char *verb, const struct confirm_pin *pin, bool disclosure,
 			     unsigned timeout, unsigned long *err, char *why, size_t why_len)
 {
 	struct dialog *d = calloc(1, sizeof(*d));
@@ -1026,9 +1056,10 @@ static enum reply dialog_run(const struct confirm_config *cfg, const char *windo
 		r = dialog_getpin(d, pin, err, why, why_len);
 	} else {
 		if (strcmp(verb, "CONFIRM") == 0) {
-			if (!dialog_set(d, "SETOK", text->ok) || !dialog_set(d, "SETCANCEL", text->cancel))
+			if (!dialog_set(d, "SETOK", disclosure ? text->allow : text->ok) ||
+			    !dialog_set(d, "SETCANCEL", text->cancel))
 				goto fail_quiet;
-			dialog_set(d, "SETNOTOK", text->notok);
+			dialog_set(d, "SETNOTOK", disclosure ? text->notallow : text->notok);
 		}
 		r = dialog_cmd(d, verb, NULL, 0, err);
 	}
@@ -1070,8 +1101,10 @@ static enum confirm_answer ask_pinentry(const struct confirm_config *cfg, const 
 		snprintf(why, why_len, "out of memory");
 		goto out;
 	}
-	enum reply r = dialog_run(cfg, text->window_title, desc, len, req->pin ? "GETPIN" : "CONFIRM",
-				  req->pin, timeout, &err, why, why_len);
+	bool disclosure = req->kind == CONFIRM_DISCLOSURE;
+	enum reply r = dialog_run(cfg, disclosure ? text->disclose_window_title : text->window_title, desc, len,
+				  req->pin && !disclosure ? "GETPIN" : "CONFIRM", disclosure ? NULL : req->pin,
+				  disclosure, timeout, &err, why, why_len);
 	if (r == REPLY_OK) {
 		answer = CONFIRM_YES;
 	} else if (r == REPLY_REFUSED) {
@@ -1080,7 +1113,7 @@ static enum confirm_answer ask_pinentry(const struct confirm_config *cfg, const 
 		switch (GPG_ERR_CODE(err)) {
 		case GPG_ERR_NOT_CONFIRMED:
 			answer = CONFIRM_NO;
-			snprintf(why, why_len, "the signer chose not to sign");
+			snprintf(why, why_len, "%s", req->kind == CONFIRM_DISCLOSURE ? "the holder did not allow it" : "the signer chose not to sign");
 			break;
 		case GPG_ERR_CANCELED:
 			snprintf(why, why_len, "the signer cancelled the dialog");
@@ -1141,7 +1174,8 @@ static enum confirm_answer ask_command(const struct confirm_config *cfg, const s
 		snprintf(why, why_len, "out of memory");
 		goto out;
 	}
-	if (!command_run(cfg, "confirm", input, len, timeout, &status, why, why_len))
+	if (!command_run(cfg, req->kind == CONFIRM_DISCLOSURE ? "disclose" : "confirm", input, len, timeout, &status,
+			 why, why_len))
 		goto out;
 	if (status == -1)
 		snprintf(why, why_len, "command %s: exit status lost (SIGCHLD ignored?)", cfg->program);
@@ -1149,7 +1183,7 @@ static enum confirm_answer ask_command(const struct confirm_config *cfg, const s
 		answer = CONFIRM_YES;
 	else if (WIFEXITED(status) && WEXITSTATUS(status) == 1) {
 		answer = CONFIRM_NO;
-		snprintf(why, why_len, "the signer chose not to sign");
+		snprintf(why, why_len, "%s", req->kind == CONFIRM_DISCLOSURE ? "the holder did not allow it" : "the signer chose not to sign");
 	} else if (WIFEXITED(status))
 		snprintf(why, why_len, "command %s: exit status %d", cfg->program, WEXITSTATUS(status));
 	else
@@ -1240,7 +1274,7 @@ void confirm_notify(const struct confirm_config *cfg, const struct confirm_reque
 			snprintf(why, sizeof(why), "out of memory");
 			goto fail;
 		}
-		enum reply r = dialog_run(cfg, text->notice_window_title, input, len, "MESSAGE", NULL,
+		enum reply r = dialog_run(cfg, text->notice_window_title, input, len, "MESSAGE", NULL, false,
 					  timeout, &err, why, sizeof(why));
 		/* MESSAGE's ERR (the person closed it, or its timeout) still
 		 * means the notice was on the screen. */

@@ -41,10 +41,16 @@ struct confirm_pin {
 	unsigned tries; /* PIN attempts in one dialog; 0 means 3 */
 };
 
+/* What is asked: a signature (the default), or the disclosure of the
+ * holder's personal data to a program (issue: personal_data = consent). */
+enum confirm_kind { CONFIRM_SIGNATURE = 0, CONFIRM_DISCLOSURE };
+
 /* Everything the person is shown.  Strings are UTF-8, NUL-terminated; any
  * may be NULL when unknown. */
 struct confirm_request {
-	const char *title;        /* document title from a sign context, or NULL */
+	enum confirm_kind kind;
+	const char *title;        /* document title from a sign context, or NULL;
+				   * for a disclosure: the data asked for */
 	const char *signer;       /* holder name from the certificate, or the key label */
 	const char *certificate;  /* issuer and serial, validity */
 	const char *restrictions; /* usage restrictions worth showing */
