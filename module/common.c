@@ -23,12 +23,35 @@ void kt_wipe(void *p, size_t len)
 		OPENSSL_cleanse(p, len);
 }
 
+void *kt_alloc_secret(size_t len)
+{
+	void *p = CRYPTO_secure_malloc_initialized() ? OPENSSL_secure_zalloc(len ? len : 1) : NULL;
+	return p ? p : calloc(1, len ? len : 1);
+}
+
 void kt_free_secret(void *p, size_t len)
 {
 	if (!p)
 		return;
+	if (CRYPTO_secure_allocated(p)) {
+		OPENSSL_secure_clear_free(p, len);
+		return;
+	}
 	kt_wipe(p, len);
 	free(p);
+}
+
+void kt_secure_heap_init(size_t bytes)
+{
+	static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+	pthread_mutex_lock(&once);
+	/* Once per process and never undone: the heap may hold the
+	 * application's own secrets by then.  mlock may be refused
+	 * (RLIMIT_MEMLOCK): the heap still keeps secrets out of core dumps
+	 * and away from ordinary allocations. */
+	if (bytes && !CRYPTO_secure_malloc_initialized())
+		CRYPTO_secure_malloc_init(bytes, 16);
+	pthread_mutex_unlock(&once);
 }
 
 void kt_hex(char *out, const void *p, size_t n)

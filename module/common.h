@@ -16,8 +16,20 @@ void kt_pad(CK_UTF8CHAR *field, size_t field_len, const char *text);
 /* Wipe memory the compiler may not optimise away (OPENSSL_cleanse). */
 void kt_wipe(void *p, size_t len);
 
-/* Free memory that held a secret: wiped first, NULL is fine. */
+/* Memory for a secret (key material, a PIN, a document being signed):
+ * zeroed, from OpenSSL's secure heap when there is room there (locked,
+ * excluded from core dumps, guard pages), else from the ordinary heap.
+ * Free it with kt_free_secret. */
+void *kt_alloc_secret(size_t len);
+
+/* Free memory that held a secret, from either heap: wiped first, NULL is
+ * fine.  `len` is the size asked for at allocation (or less: the part that
+ * held anything). */
 void kt_free_secret(void *p, size_t len);
+
+/* Set up OpenSSL's secure heap of `bytes` for this process, unless the
+ * application or an earlier initialisation did. */
+void kt_secure_heap_init(size_t bytes);
 
 /* Lowercase hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
 void kt_hex(char *out, const void *p, size_t n);

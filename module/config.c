@@ -26,6 +26,7 @@ static void config_defaults(struct config *c)
 	c->policy = POLICY_CONFIRM;
 	c->confirm_backend = CONFIRM_PINENTRY;
 	c->confirm_timeout = 60;
+	c->secure_heap = 1024 * 1024;
 }
 
 void config_free(struct config *c)
@@ -187,6 +188,16 @@ static CK_RV set_module_key(struct config *c, const char *key, const char *val, 
 		if (strcmp(val, "allow") != 0 && strcmp(val, "refuse") != 0)
 			return CKR_ARGUMENTS_BAD;
 		c->refuse_imported = strcmp(val, "refuse") == 0;
+		return CKR_OK;
+	}
+	if (strcmp(key, "secure_heap") == 0) {
+		char *end;
+		errno = 0;
+		unsigned long kib = strtoul(val, &end, 10);
+		/* a power of two (OpenSSL's buddy allocator), at most 64 MiB */
+		if (errno || *end || val[0] == '-' || kib > 65536 || (kib & (kib - 1)))
+			return CKR_ARGUMENTS_BAD;
+		c->secure_heap = kib * 1024;
 		return CKR_OK;
 	}
 	if (strcmp(key, "personal_data") == 0) {

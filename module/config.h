@@ -32,6 +32,8 @@
  *   confirm_timeout = N  seconds to wait for the signer, 1..3600 (default 60)
  *   imported_keys = allow|refuse  may a confirm key that was imported (not
  *                       generated on the token, CKA_LOCAL false) sign? (allow)
+ *   secure_heap = N     KiB of locked memory for keys, PINs and documents
+ *                       (OpenSSL's secure heap; default 1024, 0 = off)
  *   personal_data = login|consent  who reads birth date, personal number,
  *                       a person's address (default login)
  *   personal_data_certificates = private|public  certificates carrying
@@ -97,6 +99,7 @@ struct config {
 	bool strict;
 	bool refuse_imported;    /* imported_keys = refuse: confirm keys must be CKA_LOCAL */
 	bool personal_consent;   /* personal_data = consent (else login) */
+	unsigned long secure_heap; /* bytes of OpenSSL's secure heap; 0: none */
 	bool public_personal_certs; /* personal_data_certificates = public */
 	char *consent_file;      /* remembered consents */
 	char *compromise_dir;    /* where key compromise reports go */

@@ -236,12 +236,13 @@ static BIGNUM *attr_bn(const struct attrs *a, CK_ATTRIBUTE_TYPE type, bool secre
 	return bn;
 }
 
-/* Store a BIGNUM big-endian, at least one byte long. */
-static CK_RV attr_set_bn(struct attrs *a, CK_ATTRIBUTE_TYPE type, const BIGNUM *bn)
+/* Store a BIGNUM big-endian, at least one byte long; private components
+ * in secret memory. */
+static CK_RV attr_set_bn(struct attrs *a, CK_ATTRIBUTE_TYPE type, const BIGNUM *bn, bool secret)
 {
 	int n = BN_num_bytes(bn);
 	size_t len = n > 0 ? (size_t)n : 1;
-	CK_BYTE *buf = calloc(1, len);
+	CK_BYTE *buf = secret ? kt_alloc_secret(len) : calloc(1, len);
 
 	if (!buf)
 		return CKR_HOST_MEMORY;
@@ -1073,11 +1074,11 @@ static CK_RV rsa_generate(struct attrs *pub, struct attrs *priv)
 	}
 	for (int i = 0; i < RSA_NPARTS; i++) {
 		if (i <= RSA_E) {
-			rv = attr_set_bn(pub, rsa_parts[i].type, bn[i]);
+			rv = attr_set_bn(pub, rsa_parts[i].type, bn[i], false);
 			if (rv != CKR_OK)
 				goto out;
 		}
-		rv = attr_set_bn(priv, rsa_parts[i].type, bn[i]);
+		rv = attr_set_bn(priv, rsa_parts[i].type, bn[i], i > RSA_E);
 		if (rv != CKR_OK)
 			goto out;
 	}
@@ -1114,7 +1115,7 @@ static CK_RV ecc_generate(const struct curve *c, struct attrs *pub, struct attrs
 		goto out;
 	}
 	rv = CKR_HOST_MEMORY;
-	sk = malloc(sk_len);
+	sk = kt_alloc_secret(sk_len);
 	if (!sk)
 		goto out;
 	if (c->kt == CKK_EC) {
@@ -1224,7 +1225,7 @@ CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key)
 				    : (len < 1 || len > GENERIC_MAX_BYTES))
 		goto out;
 	rv = CKR_HOST_MEMORY;
-	v = malloc(len);
+	v = kt_alloc_secret(len);
 	if (!v)
 		goto out;
 	rv = rand_fill(v, len, true);
@@ -1935,7 +1936,7 @@ CK_RV crypto_unwrap(const CK_MECHANISM *m, const struct attrs *unwrapping_key, c
 	    in_len < (m->mechanism == CKM_AES_KEY_WRAP ? 24u : 16u))
 		goto out;
 	rv = CKR_HOST_MEMORY;
-	buf = malloc(in_len);
+	buf = kt_alloc_secret(in_len);
 	if (!buf)
 		goto out;
 	rv = wrap_run(cipher, kek, iv, false, in, in_len, buf, &got);
@@ -1981,9 +1982,9 @@ CK_RV crypto_public_from_spki(const CK_BYTE *der, CK_ULONG len, struct attrs *a)
 			goto out;
 		rv = attrs_set_ulong(a, CKA_KEY_TYPE, CKK_RSA);
 		if (rv == CKR_OK)
-			rv = attr_set_bn(a, CKA_MODULUS, n);
+			rv = attr_set_bn(a, CKA_MODULUS, n, false);
 		if (rv == CKR_OK)
-			rv = attr_set_bn(a, CKA_PUBLIC_EXPONENT, e);
+			rv = attr_set_bn(a, CKA_PUBLIC_EXPONENT, e, false);
 		goto spki;
 	}
 	/* EC and EdDSA: find our curve row by OpenSSL's name for it. */

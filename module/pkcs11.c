@@ -257,6 +257,7 @@ static CK_RV kt_Initialize(CK_VOID_PTR pInitArgs)
 		kt_log("C_Initialize failed: configuration error (%s)", kt_rv_name(rv));
 		goto out;
 	}
+	kt_secure_heap_init(config->secure_heap);
 	session_table_init();
 	rv = policy_init(config);
 	if (rv == CKR_OK)

@@ -1013,7 +1013,7 @@ static enum reply dialog_run(const struct confirm_config *cfg, const char *windo
 			     size_t desc_len, const char *verb, const struct confirm_pin *pin, bool disclosure,
 			     unsigned timeout, unsigned long *err, char *why, size_t why_len)
 {
-	struct dialog *d = calloc(1, sizeof(*d));
+	struct dialog *d = kt_alloc_secret(sizeof(*d));
 	const char *program = cfg->program && *cfg->program ? cfg->program : "pinentry";
 	char tty[256], num[32];
 	enum reply r = REPLY_BAD;

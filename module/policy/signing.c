@@ -124,7 +124,7 @@ static CK_RV context_gather(struct crypto_state *c, struct token *t, CK_SESSION_
 		const CK_ATTRIBUTE *v = attrs_get(o->attrs, CKA_VALUE);
 		d->title = text_of(o->attrs, CKA_LABEL);
 		d->len = v ? v->ulValueLen : 0;
-		d->value = malloc(d->len ? d->len : 1);
+		d->value = kt_alloc_secret(d->len);
 		if (!d->value) {
 			rv = CKR_HOST_MEMORY;
 			break;
@@ -184,7 +184,7 @@ CK_RV signing_keep(struct crypto_state *c, const CK_BYTE *p, CK_ULONG n)
 			cap *= 2;
 		/* No realloc: the old buffer holds document bytes and must be
 		 * wiped, not left behind in the heap. */
-		CK_BYTE *d = malloc(cap);
+		CK_BYTE *d = kt_alloc_secret(cap);
 		if (!d)
 			return CKR_HOST_MEMORY;
 		if (c->data_len)

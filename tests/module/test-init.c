@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #define F (fx.f)
 
 static bool blank_padded(const CK_UTF8CHAR *s, size_t len)
@@ -791,6 +793,45 @@ static void test_corrupt_store(void **state)
 	assert_true(file_equals(path, garbage, sizeof(garbage)));
 }
 
+/* Is there a mapping of at least `kib` KiB that core dumps leave out
+ * (VmFlags "dd")?  OpenSSL's secure heap is one. */
+static bool dontdump_mapping(unsigned long kib)
+{
+	FILE *fp = fopen("/proc/self/smaps", "r");
+	char line[512];
+	unsigned long size = 0;
+	bool found = false;
+	assert_non_null(fp);
+	while (!found && fgets(line, sizeof(line), fp)) {
+		if (sscanf(line, "Size: %lu kB", &size) == 1)
+			continue;
+		if (strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " dd") && size >= kib)
+			found = true;
+	}
+	fclose(fp);
+	return found;
+}
+
+/* Keys, PINs and documents live in OpenSSL's secure heap, which the
+ * module sets up (secure_heap, default 1 MiB): out of core dumps, and the
+ * private key material of a new key pair is in it. */
+static void test_secure_heap(void **state)
+{
+	(void)state;
+	FX_KOLTAMGA_ONLY();
+	assert_true(CRYPTO_secure_malloc_initialized());
+	assert_true(dontdump_mapping(1024));
+	CK_SLOT_ID slot = fixture_init_token();
+	CK_SESSION_HANDLE s = fixture_open_user_session(slot);
+	size_t before = CRYPTO_secure_used();
+	CK_OBJECT_HANDLE pub, priv;
+	assert_int_equal(fixture_gen_rsa(s, 2048, &pub, &priv), CKR_OK);
+	/* The private exponent, primes and CRT parts: well over 600 bytes. */
+	assert_true(CRYPTO_secure_used() >= before + 600);
+	assert_int_equal(fx.f->C_DestroyObject(s, priv), CKR_OK);
+	assert_true(CRYPTO_secure_used() < before + 600);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -820,6 +861,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_init_token, fixture_setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_init_pin_set_pin, fixture_setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_mechanisms, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_secure_heap, fixture_setup, fixture_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2075,7 +2075,7 @@ static CK_RV unseal_all(struct token_store *t, const struct token_key *key, stru
 		if (at->ulValueLen < SEAL_OVERHEAD)
 			return CKR_ENCRYPTED_DATA_INVALID;
 		len = at->ulValueLen - SEAL_OVERHEAD;
-		plain = malloc(len ? len : 1);
+		plain = kt_alloc_secret(len);
 		if (!plain)
 			return CKR_HOST_MEMORY;
 		attr_ad(ad, t, p->id, at->type, cls, priv);
@@ -2084,7 +2084,7 @@ static CK_RV unseal_all(struct token_store *t, const struct token_key *key, stru
 		if (rv == CKR_OK)
 			rv = attrs_take(p->clear, at->type, plain, (CK_ULONG)len);
 		else
-			free(plain); /* wiped by gcm_open */
+			kt_free_secret(plain, len);
 	}
 	return rv;
 }
