@@ -13,6 +13,8 @@ PACKAGES=(
 	openssl sqlite3
 	# Java's SunPKCS11 (keytool) and the test PKI's helpers (xxd, flock)
 	openjdk-17-jdk-headless xxd util-linux
+	# watching what a process opens and writes (p11kit-server.sh, canary.sh)
+	strace
 	# the confirmation dialog: the terminal pinentry, driven through tmux
 	pinentry-tty tmux
 	# checkers and the tools the test scripts use
