@@ -1154,14 +1154,13 @@ static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE h
 struct compromise_facts {
 	struct compromise_report r;
 	char serial[17], label[33];
-	char *key_id, *key_label, *cn, *issuer, *cert_serial, *reason;
+	char *key_id, *key_label, *issuer, *cert_serial, *reason;
 };
 
 static void compromise_facts_free(struct compromise_facts *f)
 {
 	free(f->key_id);
 	free(f->key_label);
-	free(f->cn);
 	free(f->issuer);
 	free(f->cert_serial);
 	free(f->reason);
@@ -1196,7 +1195,6 @@ static void compromise_gather(struct token *t, const struct object *o, bool so, 
 	f->key_label = attr_text(o->attrs, CKA_LABEL);
 	f->reason = attr_text(o->attrs, CKA_KT_COMPROMISE_REASON);
 	if (cert) {
-		f->cn = attr_text(cert, CKA_KT_COMMON_NAME);
 		f->issuer = issuer_text(cert);
 		f->cert_serial = attr_serial_hex(cert);
 	}
@@ -1206,7 +1204,6 @@ static void compromise_gather(struct token *t, const struct object *o, bool so, 
 		.object_class = class_name(o->cls),
 		.key_id_hex = f->key_id,
 		.key_label = f->key_label,
-		.cert_subject_cn = f->cn,
 		.cert_issuer = f->issuer,
 		.cert_serial_hex = f->cert_serial,
 		.reason = f->reason,

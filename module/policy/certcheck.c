@@ -952,7 +952,12 @@ static enum certcheck_verdict check_accreditation(const struct certcheck *cc, X5
 	char name[256], when[40], a[40], b[40];
 
 	if (!issuer) {
-		name_display(X509_get_issuer_name(x), name, sizeof(name));
+		/* A self-signed certificate's issuer is its holder, whose name
+		 * belongs in no log line. */
+		if (X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(x)) == 0)
+			snprintf(name, sizeof(name), "(self-signed certificate)");
+		else
+			name_display(X509_get_issuer_name(x), name, sizeof(name));
 		say(why, why_len, "issuer %s is not in the trust list (or did not sign this certificate)",
 		    name);
 		goto out;

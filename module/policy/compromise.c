@@ -101,7 +101,6 @@ CK_RV compromise_write(const char *dir, const struct compromise_report *r, char 
 	field(f, "marked object", r->object_class);
 	field(f, "key id", r->key_id_hex);
 	field(f, "key label", r->key_label);
-	field(f, "certificate subject", r->cert_subject_cn);
 	field(f, "certificate issuer", r->cert_issuer);
 	field(f, "certificate serial", r->cert_serial_hex);
 	field(f, "reason", r->reason);

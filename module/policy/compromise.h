@@ -15,7 +15,9 @@ struct compromise_report {
 	const char *object_class; /* of the object that was marked */
 	const char *key_id_hex;   /* CKA_ID, hex */
 	const char *key_label;
-	const char *cert_subject_cn, *cert_issuer, *cert_serial_hex; /* NULL when no certificate */
+	/* The certificate by issuer and serial, as the centre knows it; never
+	 * the holder's name (personal data). NULL when there is none. */
+	const char *cert_issuer, *cert_serial_hex;
 	const char *reason;       /* CKA_KT_COMPROMISE_REASON, or NULL */
 	const char *marked_by;    /* "user" or "security officer" */
 	const char *program;
