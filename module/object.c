@@ -463,6 +463,17 @@ static CK_RV check_certificate(struct attrs *a)
 	return rv;
 }
 
+/* PKCS#11 4.9: CKA_ALWAYS_AUTHENTICATE may only be true on a private
+ * object (a key anyone can find without logging in cannot ask for a PIN
+ * at every use). */
+CK_RV object_check_always_authenticate(const struct attrs *a)
+{
+	if (object_class(a) == CKO_PRIVATE_KEY && attrs_bool(a, CKA_ALWAYS_AUTHENTICATE, false) &&
+	    !attrs_bool(a, CKA_PRIVATE, true))
+		return CKR_TEMPLATE_INCONSISTENT;
+	return CKR_OK;
+}
+
 CK_RV object_build(struct attrs *a, enum object_origin origin, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt,
 		   CK_MECHANISM_TYPE gen_mech, const struct object_actor *who)
 {
@@ -554,6 +565,8 @@ CK_RV object_build(struct attrs *a, enum object_origin origin, CK_OBJECT_CLASS c
 			return rv;
 	}
 	rv = fill_defaults(a, cbit, origin, gen_mech);
+	if (rv == CKR_OK)
+		rv = object_check_always_authenticate(a);
 	if (rv != CKR_OK)
 		return rv;
 	if (origin == ORIGIN_CREATE && (cbit & C_KEY))
@@ -619,7 +632,7 @@ CK_RV object_modify(struct attrs *a, const struct attrs *tmpl, bool copy,
 	return CKR_OK;
 }
 
-static bool value_hidden(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
+bool object_value_hidden(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 {
 	CK_OBJECT_CLASS cls = object_class(a);
 	if (cls != CKO_PRIVATE_KEY && cls != CKO_SECRET_KEY)
@@ -642,7 +655,7 @@ CK_RV object_get_attributes(const struct attrs *a, bool complete, CK_ATTRIBUTE *
 	for (CK_ULONG i = 0; i < count; i++) {
 		CK_ATTRIBUTE *t = &tmpl[i];
 		const CK_ATTRIBUTE *have = attrs_get(a, t->type);
-		if (value_hidden(a, t->type) || (!have && !complete && token_attr_is_secret(object_class(a), t->type))) {
+		if (object_value_hidden(a, t->type) || (!have && !complete && token_attr_is_secret(object_class(a), t->type))) {
 			t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
 			rv = CKR_ATTRIBUTE_SENSITIVE;
 			continue;

@@ -45,6 +45,15 @@ CK_RV object_build(struct attrs *a, enum object_origin origin, CK_OBJECT_CLASS c
 CK_RV object_modify(struct attrs *a, const struct attrs *tmpl, bool copy,
 		    const struct object_actor *who);
 
+/* Is this attribute's value hidden (key material of a sensitive or
+ * unextractable key)?  Also what a find must not match on: a template
+ * holding a guessed key value would otherwise confirm the guess. */
+bool object_value_hidden(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+
+/* CKR_TEMPLATE_INCONSISTENT for a private key with CKA_ALWAYS_AUTHENTICATE
+ * but not CKA_PRIVATE (PKCS#11 4.9). */
+CK_RV object_check_always_authenticate(const struct attrs *a);
+
 /* Certificates that carry personal data become private objects (the
  * default; personal_data_certificates = public turns it off). */
 void object_set_personal_private(bool yes);

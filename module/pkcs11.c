@@ -2104,11 +2104,12 @@ static CK_RV kt_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 		rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
 	} else if (!k) {
 		rv = CKR_KEY_HANDLE_INVALID;
-	} else if (k->cls != CKO_SECRET_KEY) {
-		/* Private keys never leave the token, by any path. */
-		rv = CKR_KEY_NOT_WRAPPABLE;
 	} else if (!attrs_bool(k->attrs, CKA_EXTRACTABLE, false)) {
 		rv = CKR_KEY_UNEXTRACTABLE;
+	} else if (k->cls != CKO_SECRET_KEY) {
+		/* Private keys never leave the token, by any path, even
+		 * one marked extractable. */
+		rv = CKR_KEY_NOT_WRAPPABLE;
 	} else if (attrs_bool(k->attrs, CKA_WRAP_WITH_TRUSTED, false) &&
 		   !attrs_bool(wk->attrs, CKA_TRUSTED, false)) {
 		rv = CKR_KEY_NOT_WRAPPABLE;

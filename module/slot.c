@@ -727,7 +727,7 @@ static bool object_matches(const struct token *t, const struct object *o, const 
 	if (!token_object_visible(t, o))
 		return false;
 	for (CK_ULONG i = 0; i < count; i++)
-		if (!attrs_match(o->attrs, &tmpl[i]))
+		if (object_value_hidden(o->attrs, tmpl[i].type) || !attrs_match(o->attrs, &tmpl[i]))
 			return false;
 	return true;
 }

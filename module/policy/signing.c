@@ -12,6 +12,7 @@
 #include "koltamga/pkcs11v.h"
 #include "crypto.h"
 #include "log.h"
+#include "object.h"
 #include "policy/audit.h"
 #include "policy/confirm.h"
 #include "slot.h"
@@ -58,6 +59,9 @@ CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv)
 	 * confirmation comes on top). */
 	if (rv == CKR_OK && p != POLICY_AUTOMATIC)
 		rv = attrs_set_bool(priv, CKA_ALWAYS_AUTHENTICATE, true);
+	/* A qualified key asked to be a public object cannot be one. */
+	if (rv == CKR_OK)
+		rv = object_check_always_authenticate(priv);
 	return rv;
 }
 

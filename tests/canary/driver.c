@@ -8,7 +8,8 @@
  * INDIR holds what the script made, read and never written here: so_pin,
  * user_pin, new_pin, bad_pin, long_pin (the PINs, no newline), doc and
  * secret_doc (the documents), title and secret_title (sign-context titles),
- * key1 and key2 (32-byte P-256 scalars; key2 goes in as CKA_PRIVATE false),
+ * key1 and key2 (32-byte P-256 scalars; key2, a seal by configuration, goes in
+ * as CKA_PRIVATE false),
  * aes and aes2 (32 key bytes each; aes2 CKA_PRIVATE false), person.der and
  * rogue.der (certificates for key1 and key2, carrying personal data).  The
  * canaries come from files, never from argv or the environment, so that the

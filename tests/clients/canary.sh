@@ -350,6 +350,11 @@ confirm_timeout = 20
 [key]
 label = seal
 sign_policy = automatic
+# key2 goes in as CKA_PRIVATE false, which a confirm key (always
+# authenticate) cannot be (PKCS#11 4.9)
+[key]
+label = rogue person
+sign_policy = automatic
 EOF
 	cat "$KOLTAMGA_CONF"
 
