@@ -681,10 +681,14 @@ CK_RV audit_append_deferred(const char *path, const struct audit_record *rec)
 		bool other_path = pending && pending->path && strcmp(pending->path, path) != 0;
 		if (pending && !other_path && batch_add(pending, rec, path)) {
 			bool due = batch_due(pending, time(NULL));
-			if (pending->n == 1) {
-				/* A new batch: the flusher learns its deadline. */
+			if (pending->n == 1)
 				flusher_start();
+			/* A new batch tells the flusher its deadline, a due one
+			 * hands it the writing: the signer goes back to signing
+			 * while another core hashes, writes and syncs. */
+			if (flusher_running && (pending->n == 1 || due)) {
 				pthread_cond_signal(&defer_cond);
+				due = false;
 			}
 			pthread_mutex_unlock(&defer_mutex);
 			if (due) {

@@ -181,6 +181,12 @@ static const char *const st_sql[ST_COUNT] = {
 		    "LEFT JOIN attributes AS a ON a.obj = o.id ORDER BY o.id",
 };
 
+/* The WAL-index header (https://www.sqlite.org/walformat.html, "The
+ * WAL-Index Header"): its first copy, 48 bytes at the start of the -shm
+ * file, carries a counter SQLite increments with every transaction, the
+ * last valid frame and the WAL salts. */
+#define WAL_HEADER_LEN 48
+
 struct token_store {
 	sqlite3 *db;
 	char *path;
@@ -190,6 +196,11 @@ struct token_store {
 	EVP_CIPHER_CTX *cctx; /* seal, unseal, wrap */
 	EVP_CIPHER_CTX *mctx; /* object tags, interleaved with cctx while writing */
 	int64_t data_version;
+	/* The -shm file, for a look at its WAL-index header, and the
+	 * header's bytes when data_version was last read (file_changed). */
+	int shm_fd;
+	uint8_t shm_seen[WAL_HEADER_LEN];
+	bool shm_seen_valid;
 	int64_t generation;   /* content generation last seen */
 	int64_t gen_on_commit; /* what it becomes if the open write commits, or -1 */
 };
@@ -1227,10 +1238,31 @@ out:
 	return rv;
 }
 
+/* Open the -shm file for reading its header.  Read with pread, not
+ * mapped: SQLite may truncate the file (a connection that finds itself
+ * alone resets it), and a mapping would then fault.  Without it: no fast
+ * path, every check reads data_version. */
+static void shm_open_header(struct token_store *t)
+{
+	char *path = NULL;
+	struct stat st;
+	t->shm_fd = -1;
+	if (asprintf(&path, "%s-shm", t->path) < 0)
+		return;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	free(path);
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+		t->shm_fd = fd;
+	else if (fd >= 0)
+		close(fd);
+}
+
 static void file_close(struct token_store *t)
 {
 	if (!t)
 		return;
+	if (t->shm_fd >= 0)
+		close(t->shm_fd);
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(t->st[i]);
 	/* The last connection checkpoints the WAL into the main file. */
@@ -1338,6 +1370,7 @@ static CK_RV file_open(const char *path, bool create, struct token_store **out)
 	if (!t || !(t->path = strdup(path)))
 		goto out;
 	t->gen_on_commit = -1;
+	t->shm_fd = -1;
 	t->aes = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
 	t->cctx = EVP_CIPHER_CTX_new();
 	t->mctx = EVP_CIPHER_CTX_new();
@@ -1349,6 +1382,7 @@ static CK_RV file_open(const char *path, bool create, struct token_store **out)
 	rv = store_connect(t);
 	if (rv != CKR_OK)
 		goto out;
+	shm_open_header(t);
 	kt_debug(KT_DBG_TOKEN, "%s: opened token store, serial %s", path, t->serial);
 	*out = t;
 	t = NULL;
@@ -2227,14 +2261,33 @@ out:
 	return rv;
 }
 
+/*
+ * Did another connection change the store?  Asked before every C_SignInit,
+ * so the common answer, "no", must be cheap: when the WAL-index header
+ * reads as it did at the last real check, nothing was committed since
+ * (SQLite bumps it with every transaction) and no read transaction (with
+ * its fcntl locks) is needed.  The header is read before data_version, so
+ * a commit in between makes the next read differ and check again; a torn
+ * read (a writer mid-update) or a reset file differ too.  Either way the
+ * error is a needless check, never a missed change.
+ */
 static bool file_changed(struct token_store *t)
 {
 	int64_t dv, gen;
 	bool changed;
+	uint8_t hdr[WAL_HEADER_LEN];
 
+	bool have_hdr = t->shm_fd >= 0 && pread(t->shm_fd, hdr, WAL_HEADER_LEN, 0) == WAL_HEADER_LEN;
+	if (have_hdr && t->shm_seen_valid && memcmp(hdr, t->shm_seen, WAL_HEADER_LEN) == 0)
+		return false;
 	/* On any error say "changed": a needless reload is harmless. */
-	if (read_data_version(t, &dv) != CKR_OK)
+	if (read_data_version(t, &dv) != CKR_OK) {
+		t->shm_seen_valid = false;
 		return true;
+	}
+	t->shm_seen_valid = have_hdr;
+	if (have_hdr)
+		memcpy(t->shm_seen, hdr, WAL_HEADER_LEN);
 	if (dv == t->data_version)
 		return false;
 	if (meta_get_int(t, "generation", &gen) != CKR_OK)
