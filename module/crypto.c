@@ -1267,6 +1267,11 @@ struct crypto_op {
 	CK_BYTE *buf;	    /* buffered input, wiped on free */
 	size_t buf_len;
 	size_t buf_cap;
+	/* A SHA-256 hash-and-sign signature whose context is made only when
+	 * needed: a one-shot signature of a digest the caller already has
+	 * (crypto_op_sign_sha256) needs none. */
+	EVP_PKEY *lazy_key;
+	const EVP_MD *lazy_md;
 };
 
 static const CK_BYTE empty_input[1];
@@ -1329,6 +1334,27 @@ out:
 	return rv;
 }
 
+/* Mechanisms whose signature of a SHA-256 digest needs nothing but the
+ * digest: ECDSA, and PKCS#1 v1.5 over the digest's DigestInfo. */
+static bool prehash_capable(const struct mech_info *mi)
+{
+	return mi->type == CKM_ECDSA_SHA256 || mi->type == CKM_SHA256_RSA_PKCS;
+}
+
+/* The deferred hash-and-sign context, made now that data streams in. */
+static CK_RV op_materialize(struct crypto_op *op)
+{
+	if (!op->lazy_key || op->mctx)
+		return CKR_OK;
+	op->mctx = EVP_MD_CTX_new();
+	if (!op->mctx)
+		return CKR_HOST_MEMORY;
+	EVP_MD_CTX_set_flags(op->mctx, EVP_MD_CTX_FLAG_FINALISE);
+	if (EVP_DigestSignInit(op->mctx, NULL, op->lazy_md, NULL, op->lazy_key) <= 0)
+		return ossl_fail("EVP_DigestSignInit");
+	return CKR_OK;
+}
+
 CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PKEY *key, bool sign,
 		       struct crypto_op **out)
 {
@@ -1375,14 +1401,19 @@ CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PK
 		if (!md)
 			goto out;
 		op->path = PATH_HASH_SIGN;
+		if (sign && prehash_capable(mi)) {
+			rv = CKR_HOST_MEMORY;
+			if (!EVP_PKEY_up_ref(key))
+				goto out;
+			op->lazy_key = key;
+			op->lazy_md = md;
+			*out = op;
+			return CKR_OK;
+		}
 		rv = CKR_HOST_MEMORY;
 		op->mctx = EVP_MD_CTX_new();
 		if (!op->mctx)
 			goto out;
-		/* An operation ends with its one final: without this flag
-		 * OpenSSL would copy the whole signature context at the final
-		 * so that it could go on (a few us per signature). */
-		EVP_MD_CTX_set_flags(op->mctx, EVP_MD_CTX_FLAG_FINALISE);
 		r = sign ? EVP_DigestSignInit(op->mctx, &pctx, md, NULL, key)
 			 : EVP_DigestVerifyInit(op->mctx, &pctx, md, NULL, key);
 		if (r <= 0) {
@@ -1477,6 +1508,7 @@ void crypto_op_free(struct crypto_op *op)
 		return;
 	EVP_MD_CTX_free(op->mctx);
 	EVP_PKEY_CTX_free(op->pctx);
+	EVP_PKEY_free(op->lazy_key);
 	kt_free_secret(op->buf, op->buf_cap);
 	free(op);
 }
@@ -1531,6 +1563,9 @@ CK_RV crypto_op_update(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len)
 		goto out;
 	if (!data)
 		data = empty_input;
+	rv = op_materialize(op);
+	if (rv != CKR_OK)
+		goto out;
 	switch (op->path) {
 	case PATH_DIGEST:
 		r = EVP_DigestUpdate(op->mctx, data, len);
@@ -1639,6 +1674,8 @@ static CK_RV op_produce(struct crypto_op *op, const CK_BYTE *data, size_t len, C
 		len = op->buf_len;
 	}
 	rv = op_check_input(op, len);
+	if (rv == CKR_OK)
+		rv = op_materialize(op);
 	if (rv != CKR_OK)
 		goto out;
 	switch (op->path) {
@@ -1739,6 +1776,54 @@ CK_RV crypto_op_oneshot(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len,
 	if (rv == CKR_OK)
 		*out_len = op->out_len;
 out:
+	return rv;
+}
+
+bool crypto_op_prehashable(const struct crypto_op *op)
+{
+	return op->lazy_key && !op->mctx && !op->started && !op->done;
+}
+
+CK_RV crypto_op_sign_sha256(struct crypto_op *op, const unsigned char digest[32], CK_BYTE *out,
+			    CK_ULONG *out_len)
+{
+	/* SHA-256's DigestInfo prefix (RFC 8017 9.2, note 1). */
+	static const CK_BYTE info[19] = { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+					  0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 };
+	CK_BYTE in[sizeof(info) + 32], der[ECDSA_DER_MAX];
+	const CK_BYTE *tbs = digest;
+	size_t tbs_len = 32;
+	CK_BYTE *sig = op->ec_len ? der : out;
+	size_t sig_len = op->ec_len ? sizeof(der) : op->out_len;
+	bool query;
+	CK_RV rv = op_out_ready(op, out, out_len, &query);
+	if (rv != CKR_OK || query)
+		return rv;
+	if (!crypto_op_prehashable(op))
+		return CKR_OPERATION_NOT_INITIALIZED;
+	op->done = true;
+	if (op->mi->type == CKM_SHA256_RSA_PKCS) {
+		memcpy(in, info, sizeof(info));
+		memcpy(in + sizeof(info), digest, 32);
+		tbs = in;
+		tbs_len = sizeof(in);
+	}
+	/* PKCS#1 v1.5 is the default padding of an RSA key's context. */
+	EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_pkey(NULL, op->lazy_key, NULL);
+	rv = CKR_HOST_MEMORY;
+	if (!pctx)
+		goto out;
+	if (EVP_PKEY_sign_init(pctx) <= 0 || EVP_PKEY_sign(pctx, sig, &sig_len, tbs, tbs_len) <= 0) {
+		rv = ossl_fail("sign");
+		goto out;
+	}
+	rv = CKR_FUNCTION_FAILED;
+	if (op->ec_len ? !ecdsa_der_to_raw(der, sig_len, out, op->ec_len) : sig_len != op->out_len)
+		goto out;
+	*out_len = op->out_len;
+	rv = CKR_OK;
+out:
+	EVP_PKEY_CTX_free(pctx);
 	return rv;
 }
 

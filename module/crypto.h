@@ -115,6 +115,14 @@ CK_RV crypto_op_final(struct crypto_op *op, CK_BYTE *out, CK_ULONG *out_len);
  * streaming mechanisms.  Same contract for out. */
 CK_RV crypto_op_oneshot(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len, CK_BYTE *out,
 			CK_ULONG *out_len);
+/* A one-shot CKM_ECDSA_SHA256 or CKM_SHA256_RSA_PKCS signature whose
+ * SHA-256 the caller has computed anyway (a seal's audit record needs it):
+ * is this operation one, untouched by updates?  Then crypto_op_sign_sha256
+ * signs the digest, with C_Sign's length semantics for out. */
+bool crypto_op_prehashable(const struct crypto_op *op);
+CK_RV crypto_op_sign_sha256(struct crypto_op *op, const unsigned char digest[32], CK_BYTE *out,
+			    CK_ULONG *out_len);
+
 /* Verify everything given so far (or data+len in one go when data != NULL):
  * CKR_OK, CKR_SIGNATURE_INVALID or CKR_SIGNATURE_LEN_RANGE. */
 CK_RV crypto_op_verify(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len,

@@ -1879,10 +1879,20 @@ static CK_RV sign_output(struct session *s, const CK_BYTE *data, CK_ULONG len, b
 		rv = sign_gate(s);
 	if (rv == CKR_OK)
 		rv = signing_activate(s, what, what_len);
-	if (rv == CKR_OK)
+	/* A seal's audit record needs the data's SHA-256; for the mechanisms
+	 * that sign exactly that digest, it is computed once and signed. */
+	unsigned char digest[32];
+	bool hashed = false;
+	if (rv == CKR_OK && oneshot && crypto_op_prehashable(c->op) && (what || !what_len) &&
+	    crypto_sha256(what, what_len, digest)) {
+		hashed = true;
+		rv = crypto_op_sign_sha256(c->op, digest, out, out_len);
+	} else if (rv == CKR_OK) {
 		rv = oneshot ? crypto_op_oneshot(c->op, what, what_len, out, out_len)
 			     : crypto_op_final(c->op, out, out_len);
-	signing_finish(s, rv, what, what_len);
+	}
+	signing_finish(s, rv, what, what_len, hashed ? digest : NULL);
+	kt_wipe(digest, sizeof(digest));
 	session_end_crypto(s);
 	return rv;
 }

@@ -322,7 +322,9 @@ static int open_log(const char *path)
 	return fd;
 }
 
-static void record_body(struct buf *b, const struct audit_record *rec, const char *when)
+/* The record's body; *hash_at gets the offset of a digest placeholder to
+ * fill in at writing time (hash_data), or SIZE_MAX. */
+static void record_body(struct buf *b, const struct audit_record *rec, const char *when, size_t *hash_at)
 {
 	char num[32];
 
@@ -343,9 +345,15 @@ static void record_body(struct buf *b, const struct audit_record *rec, const cha
 	buf_adds(b, num);
 	/* Absent rather than null: a confidential document leaves no trace
 	 * of its digest, not even a placeholder that invites filling in. */
+	*hash_at = SIZE_MAX;
 	if (rec->sha256_hex) {
 		buf_adds(b, ",\"sha256\":");
 		buf_add_json(b, rec->sha256_hex);
+	} else if (rec->hash_data) {
+		buf_adds(b, ",\"sha256\":\"");
+		*hash_at = b->len;
+		buf_add(b, zero_hash, HASH_HEX_LEN);
+		buf_addc(b, '"');
 	}
 	buf_adds(b, ",\"program\":");
 	buf_add_json(b, rec->program);
@@ -364,6 +372,10 @@ static void record_body(struct buf *b, const struct audit_record *rec, const cha
 struct batch {
 	struct buf text;
 	size_t ends[DEFER_MAX];
+	/* Digests still to compute: where they go in text, and the data. */
+	size_t hash_at[DEFER_MAX];
+	void *hash_data[DEFER_MAX];
+	size_t hash_len[DEFER_MAX];
 	size_t n;
 	char *path;
 	time_t since;
@@ -371,6 +383,10 @@ struct batch {
 
 static void batch_clear(struct batch *bt)
 {
+	for (size_t i = 0; i < bt->n; i++) {
+		kt_free_secret(bt->hash_data[i], bt->hash_len[i]);
+		bt->hash_data[i] = NULL;
+	}
 	free(bt->text.p);
 	free(bt->path);
 	bt->text = (struct buf){0};
@@ -396,7 +412,7 @@ static bool time_text(time_t now, char when[32])
 
 /* Append the batch's records in order: each gets the hash of the line
  * before it, all go out in one write() under the lock, then fsync(). */
-static CK_RV write_batch(const struct batch *bt)
+static CK_RV write_batch(struct batch *bt)
 {
 	CK_RV rv = CKR_FUNCTION_FAILED;
 	struct buf out = {0};
@@ -439,6 +455,18 @@ static CK_RV write_batch(const struct batch *bt)
 		goto unlock;
 	if (partial)
 		buf_addc(&out, '\n');
+	/* The deferred digests, before anything is chained. */
+	for (size_t i = 0; i < bt->n; i++) {
+		char hex[HASH_HEX_LEN + 1];
+		if (!bt->hash_data[i])
+			continue;
+		if (!sha256_hex(bt->hash_data[i], bt->hash_len[i], hex)) {
+			what = "cannot build the record";
+			err = ENOMEM;
+			goto unlock;
+		}
+		memcpy(bt->text.p + bt->hash_at[i], hex, HASH_HEX_LEN);
+	}
 	for (size_t i = 0, from = 0; i < bt->n; from = bt->ends[i++]) {
 		size_t start = out.len;
 		buf_add(&out, bt->text.p + from, bt->ends[i] - from);
@@ -501,13 +529,27 @@ static bool batch_add(struct batch *bt, const struct audit_record *rec, const ch
 		return false;
 	if (!bt->path && !(bt->path = strdup(path)))
 		return false;
-	record_body(&bt->text, rec, when);
+	void *copy = NULL;
+	if (!rec->sha256_hex && rec->hash_data) {
+		/* Ordinary heap, wiped when freed: thousands of these must
+		 * not crowd keys out of the small secure heap. */
+		if (rec->hash_len > AUDIT_HASH_LATER_MAX || !(copy = malloc(rec->hash_len ? rec->hash_len : 1)))
+			return false;
+		if (rec->hash_len)
+			memcpy(copy, rec->hash_data, rec->hash_len);
+	}
+	size_t hash_at;
+	record_body(&bt->text, rec, when, &hash_at);
 	if (bt->text.failed) {
 		/* realloc failure leaves the earlier records intact */
 		bt->text.len = start;
 		bt->text.failed = false;
+		kt_free_secret(copy, rec->hash_len);
 		return false;
 	}
+	bt->hash_at[bt->n] = hash_at;
+	bt->hash_data[bt->n] = copy;
+	bt->hash_len[bt->n] = copy ? rec->hash_len : 0;
 	if (bt->n == 0)
 		bt->since = now;
 	bt->ends[bt->n++] = bt->text.len;

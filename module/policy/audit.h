@@ -17,11 +17,18 @@ struct audit_record {
 	const char *mechanism;
 	unsigned long long size;
 	const char *sha256_hex;   /* NULL when confidential */
+	/* Instead of sha256_hex: the data itself, hashed when the record is
+	 * written (by the flusher, for deferred records), so a seal's signer
+	 * does not wait for it.  At most AUDIT_HASH_LATER_MAX bytes; copied. */
+	const void *hash_data;
+	size_t hash_len;
 	const char *program;
 	long pid;
 	const char *decision;     /* "signed", "refused", "rejected", "canceled", "failed" */
 	const char *reason;       /* why, for anything but "signed" */
 };
+
+#define AUDIT_HASH_LATER_MAX 4096
 
 /* Append a record to `path` (created 0600 with its directory when missing).
  * Serialised across threads and processes (flock); the previous record's

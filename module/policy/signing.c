@@ -476,7 +476,8 @@ static const char *decision_of(CK_RV rv)
 	}
 }
 
-void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG len)
+void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG len,
+		    const unsigned char *sha256)
 {
 	struct crypto_state *c = &s->crypto;
 	bool have_data = data != NULL; /* NULL: streamed into the key's digest, not kept */
@@ -502,7 +503,13 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 		kt_log("no audit log (no HOME or XDG_STATE_HOME, and no audit_log configured)");
 		return;
 	}
-	if (have_data && !c->confidential) {
+	/* A seal's routine record is batched: its digest can be computed
+	 * when the batch is written, off the signer's path. */
+	bool deferred = rv == CKR_OK && c->policy == CK_KT_POLICY_AUTOMATIC;
+	bool hash_later = have_data && !c->confidential && !sha256 && deferred && len <= AUDIT_HASH_LATER_MAX;
+	if (have_data && !c->confidential && sha256) {
+		kt_hex(digest_hex, sha256, 32);
+	} else if (have_data && !c->confidential && !hash_later) {
 		char code[5];
 		digest_of(data, len, digest_hex, code);
 	}
@@ -514,7 +521,9 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 		.mechanism = kt_mech_name(c->mech ? c->mech->type : 0),
 		.size = have_data ? len : data ? len : c->streamed,
 		/* A confidential document leaves no digest behind. */
-		.sha256_hex = have_data && !c->confidential ? digest_hex : NULL,
+		.sha256_hex = have_data && !c->confidential && !hash_later ? digest_hex : NULL,
+		.hash_data = hash_later ? data : NULL,
+		.hash_len = hash_later ? len : 0,
 		.program = calling_program(),
 		.pid = (long)getpid(),
 		.decision = decision_of(rv),
@@ -522,7 +531,7 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 	};
 	/* A person's decision is written at once; a seal's routine signature
 	 * may wait for the next batch (module/policy/audit.c). */
-	if (rv == CKR_OK && c->policy == CK_KT_POLICY_AUTOMATIC)
+	if (deferred)
 		audit_append_deferred(conf->audit_log, &r);
 	else
 		audit_append(conf->audit_log, &r);

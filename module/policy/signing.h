@@ -51,7 +51,9 @@ CK_RV signing_keep(struct crypto_state *c, const CK_BYTE *p, CK_ULONG n);
 CK_RV signing_activate(struct session *s, const CK_BYTE *data, CK_ULONG len);
 
 /* After: the "signed" notice (confirm keys) and the audit record of the
- * decision `rv` (refusals too). */
-void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG len);
+ * decision `rv` (refusals too).  `sha256`: the data's digest when the
+ * caller has it already, else NULL. */
+void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG len,
+		    const unsigned char *sha256);
 
 #endif

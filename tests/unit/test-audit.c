@@ -252,6 +252,41 @@ static void test_deferred(void **state)
 	assert_broken(0, "intact: 4 records");
 }
 
+/* A record may carry its data instead of the digest: the digest is
+ * computed when the record is written, directly or from a batch, and no
+ * placeholder is ever left behind. */
+static void test_hash_later(void **state)
+{
+	static const char data[] = "receipt 000417: 12 000 KGS";
+	char want[65], field[80];
+	struct audit_record r1 = sample(1), r2 = sample(2), big = sample(3);
+	r1.sha256_hex = r2.sha256_hex = NULL;
+	r1.hash_data = r2.hash_data = data;
+	r1.hash_len = r2.hash_len = sizeof(data) - 1;
+	sha256_hex(data, sizeof(data) - 1, want);
+	snprintf(field, sizeof(field), "\"sha256\":\"%s\"", want);
+
+	assert_int_equal(audit_append(path, &r1), CKR_OK);
+	assert_int_equal(audit_append_deferred(path, &r2), CKR_OK);
+	/* Too big to copy: refused rather than silently not hashed. */
+	big.sha256_hex = NULL;
+	big.hash_data = data;
+	big.hash_len = AUDIT_HASH_LATER_MAX + 1;
+	assert_int_equal(audit_append(path, &big), CKR_FUNCTION_FAILED);
+	assert_int_equal(audit_flush(), CKR_OK);
+
+	size_t len;
+	char *text = slurp(&len);
+	int n = 0;
+	for (const char *p = text; (p = strstr(p, field)); p++)
+		n++;
+	assert_int_equal(n, 2);
+	assert_null(strstr(text, "\"sha256\":\"0000000000000000"));
+	assert_null(strstr(text, "receipt")); /* the data itself never */
+	free(text);
+	assert_broken(0, "intact: 2 records");
+}
+
 static void test_mode_and_directory(void **state)
 {
 	struct stat st;
@@ -605,6 +640,7 @@ int main(void)
 	    cmocka_unit_test_setup(test_tamper_shape, setup),
 	    cmocka_unit_test_setup(test_partial_line_recovery, setup),
 	    cmocka_unit_test_setup(test_hostile_strings, setup),
+	    cmocka_unit_test_setup(test_hash_later, setup),
 	};
 	snprintf(tmp, sizeof(tmp), "/tmp/koltamga-audit-XXXXXX");
 	if (!mkdtemp(tmp))
