@@ -379,6 +379,7 @@ struct batch {
 	size_t n;
 	char *path;
 	time_t since;
+	struct batch *next; /* in the queue of batches ready to write */
 };
 
 static void batch_clear(struct batch *bt)
@@ -597,25 +598,52 @@ static pthread_mutex_t defer_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t flush_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t defer_cond = PTHREAD_COND_INITIALIZER;
 static struct batch *pending;
-/* A forked child keeps its parent's batch referenced here (leak checkers
- * would otherwise call it the child's). */
-static struct batch *volatile abandoned_batch;
+/* Batches handed to the flusher (full, or old enough), oldest first: a
+ * signer whose batch fills starts the next at once instead of waiting for
+ * the write.  Bounded: beyond READY_MAX the signer writes (backpressure). */
+#define READY_MAX 4
+static struct batch *ready, **ready_tail = &ready;
+static unsigned n_ready;
+/* A forked child keeps its parent's batches referenced here (leak checkers
+ * would otherwise call them the child's). */
+static struct batch *volatile abandoned_batch, *volatile abandoned_ready;
 static bool threads_allowed = true;
 static bool flusher_running, flusher_stop;
 static pthread_t flusher;
 
-/* Write the pending batch, if any; with flush_mutex held. */
+/* With defer_mutex held: the pending batch joins the ready queue. */
+static void pending_to_ready(void)
+{
+	if (!pending)
+		return;
+	pending->next = NULL;
+	*ready_tail = pending;
+	ready_tail = &pending->next;
+	n_ready++;
+	pending = NULL;
+}
+
+/* Write the ready batches and the pending one, in order; with flush_mutex
+ * held (which keeps batches in the file in the order they were filled). */
 static CK_RV flush_pending(void)
 {
 	pthread_mutex_lock(&defer_mutex);
-	struct batch *bt = pending;
-	pending = NULL;
+	pending_to_ready();
+	struct batch *bt = ready;
+	ready = NULL;
+	ready_tail = &ready;
+	n_ready = 0;
 	pthread_mutex_unlock(&defer_mutex);
-	if (!bt)
-		return CKR_OK;
-	CK_RV rv = write_batch(bt);
-	batch_clear(bt);
-	free(bt);
+	CK_RV rv = CKR_OK;
+	while (bt) {
+		struct batch *next = bt->next;
+		CK_RV r = write_batch(bt);
+		if (rv == CKR_OK)
+			rv = r;
+		batch_clear(bt);
+		free(bt);
+		bt = next;
+	}
 	return rv;
 }
 
@@ -637,7 +665,7 @@ static void *flusher_main(void *arg)
 	(void)arg;
 	pthread_mutex_lock(&defer_mutex);
 	while (!flusher_stop) {
-		if (batch_due(pending, time(NULL))) {
+		if (ready || batch_due(pending, time(NULL))) {
 			pthread_mutex_unlock(&defer_mutex);
 			flush();
 			pthread_mutex_lock(&defer_mutex);
@@ -676,7 +704,11 @@ static void defer_atfork_child(void)
 	flush_mutex = fresh;
 	defer_cond = fresh_cond;
 	abandoned_batch = pending;
+	abandoned_ready = ready;
 	pending = NULL;
+	ready = NULL;
+	ready_tail = &ready;
+	n_ready = 0;
 	flusher_running = false;
 	flusher_stop = false;
 }
@@ -725,13 +757,15 @@ CK_RV audit_append_deferred(const char *path, const struct audit_record *rec)
 			bool due = batch_due(pending, time(NULL));
 			if (pending->n == 1)
 				flusher_start();
-			/* A new batch tells the flusher its deadline, a due one
-			 * hands it the writing: the signer goes back to signing
+			/* A new batch tells the flusher its deadline; a due one
+			 * goes to it whole, and the signer goes back to signing
 			 * while another core hashes, writes and syncs. */
-			if (flusher_running && (pending->n == 1 || due)) {
-				pthread_cond_signal(&defer_cond);
+			if (flusher_running && due && n_ready < READY_MAX) {
+				pending_to_ready();
 				due = false;
 			}
+			if (flusher_running && (!pending || pending->n == 1))
+				pthread_cond_signal(&defer_cond);
 			pthread_mutex_unlock(&defer_mutex);
 			if (due) {
 				CK_RV r2 = flush();
