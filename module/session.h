@@ -4,10 +4,12 @@
  * C_CloseSession or C_Finalize) goes through one function that frees and
  * wipes its state, so no path can forget.
  *
- * A session is found by handle under the table's read lock and returned
- * with its own mutex held (session_get/session_put); closing takes the
- * write lock to unlink, then the session mutex to wait for any call still
- * inside it.  Lock order: session table, session, token.
+ * A session is found by handle under the table's read lock, referenced,
+ * and returned with its own mutex held (session_get/session_put), the
+ * mutex taken after the table lock is released; closing takes the write
+ * lock to unlink, then the session mutex to wait for any call still inside
+ * it, and the last reference frees it.  Lock order: session table,
+ * session, token.
  */
 #ifndef KOLTAMGA_SESSION_H
 #define KOLTAMGA_SESSION_H
