@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -65,19 +66,60 @@ void kt_hex(char *out, const void *p, size_t n)
 	out[2 * n] = '\0';
 }
 
-static char exe_path[PATH_MAX];
+static char exe_path[PATH_MAX + 64];
+static long relay_pid; /* the client's pid behind p11-kit-remote, else 0 */
+
+/*
+ * Behind p11-kit's server the module runs in p11-kit-remote, one process
+ * per client connection with the client's socket as standard input; the
+ * signer should read the application's name, not that relay's.  The
+ * socket's peer credentials name the client; its executable is readable
+ * when it runs as our user (or we are root).
+ */
+static bool relay_client(char *out, size_t len, long *pid)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	char link[64], exe[PATH_MAX];
+	const char *base = strrchr(exe_path, '/');
+	if (!base || strcmp(base + 1, "p11-kit-remote") != 0)
+		return false;
+	if (getsockopt(0, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 || cred.pid <= 0)
+		return false;
+	snprintf(link, sizeof(link), "/proc/%ld/exe", (long)cred.pid);
+	ssize_t n = readlink(link, exe, sizeof(exe) - 1);
+	if (n <= 0)
+		snprintf(exe, sizeof(exe), "unknown program");
+	else
+		exe[n] = '\0';
+	snprintf(out, len, "%s (through p11-kit-remote)", exe);
+	*pid = (long)cred.pid;
+	return true;
+}
 
 static void read_exe(void)
 {
-	ssize_t n = readlink("/proc/self/exe", exe_path, sizeof(exe_path) - 1);
+	char relay[sizeof(exe_path)];
+	ssize_t n = readlink("/proc/self/exe", exe_path, PATH_MAX - 1);
 	exe_path[n > 0 ? n : 0] = '\0';
+	if (relay_client(relay, sizeof(relay), &relay_pid))
+		memcpy(exe_path, relay, sizeof(exe_path));
 }
 
+static pthread_once_t program_once = PTHREAD_ONCE_INIT;
+
 /* Read once per process: a seal may sign thousands of times a second and
- * the answer does not change (exec reloads us; fork keeps the program). */
+ * the answer does not change (exec reloads us; fork keeps the program,
+ * and a forked child's pid is asked afresh below). */
 const char *kt_program(void)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, read_exe);
+	pthread_once(&program_once, read_exe);
 	return exe_path[0] ? exe_path : "unknown program";
+}
+
+long kt_program_pid(void)
+{
+	pthread_once(&program_once, read_exe);
+	/* this process's own pid asked afresh: right after a fork too */
+	return relay_pid ? relay_pid : (long)getpid();
 }

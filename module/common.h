@@ -35,7 +35,10 @@ void kt_secure_heap_init(size_t bytes);
 void kt_hex(char *out, const void *p, size_t n);
 
 /* The calling program's path (/proc/self/exe), for requests, the audit log
- * and reports; "unknown program" when it cannot be read. */
+ * and reports; "unknown program" when it cannot be read.  Behind p11-kit's
+ * server: the client application, "... (through p11-kit-remote)". */
 const char *kt_program(void);
+/* Its pid (the client's, behind p11-kit's server). */
+long kt_program_pid(void);
 
 #endif

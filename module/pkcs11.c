@@ -1209,7 +1209,7 @@ static void compromise_gather(struct token *t, const struct object *o, bool so, 
 		.reason = f->reason,
 		.marked_by = so ? "security officer" : "user",
 		.program = kt_program(),
-		.pid = (long)getpid(),
+		.pid = kt_program_pid(),
 	};
 }
 

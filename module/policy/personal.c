@@ -87,7 +87,7 @@ bool personal_ask(const char *holder, const char *certificate, const char *names
 		.signer = holder,
 		.certificate = certificate,
 		.program = kt_program(),
-		.pid = (long)getpid(),
+		.pid = kt_program_pid(),
 	};
 	char why[256] = "";
 	if (confirm_ask(&cc, &req, why, sizeof(why)) != CONFIRM_YES) {
@@ -110,7 +110,7 @@ void personal_audit(const char *token_serial, const char *cert_issuer, const cha
 		.cert_serial = cert_serial,
 		.mechanism = NULL,
 		.program = kt_program(),
-		.pid = (long)getpid(),
+		.pid = kt_program_pid(),
 		.decision = disclosed ? "disclosed" : "withheld",
 		.reason = names,
 	};

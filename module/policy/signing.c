@@ -281,7 +281,7 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 	b->req.restrictions = c->restrictions;
 	b->req.mechanism = b->mechanism;
 	b->req.program = calling_program();
-	b->req.pid = (long)getpid();
+	b->req.pid = kt_program_pid();
 	b->req.size = len;
 	b->req.sha256_hex = b->digest_hex;
 	b->req.code = b->code;
@@ -525,7 +525,7 @@ void signing_finish(struct session *s, CK_RV rv, const CK_BYTE *data, CK_ULONG l
 		.hash_data = hash_later ? data : NULL,
 		.hash_len = hash_later ? len : 0,
 		.program = calling_program(),
-		.pid = (long)getpid(),
+		.pid = kt_program_pid(),
 		.decision = decision_of(rv),
 		.reason = rv == CKR_OK ? NULL : c->reason[0] ? c->reason : kt_rv_name(rv),
 	};
