@@ -93,6 +93,7 @@ extern char **environ;
 #define GPG_ERR_TIMEOUT 62
 #define GPG_ERR_CANCELED 99
 #define GPG_ERR_NOT_CONFIRMED 114
+#define GPG_ERR_SYSTEM_ERROR (1u << 15) /* or'ed with libgpg-error's errno code */
 
 /*
  * Every sentence the person reads, in one place, so that a translation is
@@ -1122,7 +1123,15 @@ static enum confirm_answer ask_pinentry(const struct confirm_config *cfg, const 
 			snprintf(why, why_len, "the signer did not answer within %u s", timeout);
 			break;
 		default:
-			snprintf(why, why_len, "pinentry answered error %lu", err);
+			/* libgpg-error's system errors (its errno codes) mostly
+			 * mean pinentry found nowhere to draw the dialog. */
+			if (GPG_ERR_CODE(err) & GPG_ERR_SYSTEM_ERROR)
+				snprintf(why, why_len,
+					 "pinentry could not show the dialog (system error %lu): no display or "
+					 "terminal? (DISPLAY, WAYLAND_DISPLAY or GPG_TTY)",
+					 (unsigned long)(GPG_ERR_CODE(err) & ~GPG_ERR_SYSTEM_ERROR));
+			else
+				snprintf(why, why_len, "pinentry answered error %lu", err);
 			break;
 		}
 	}

@@ -18,6 +18,7 @@
  *   no       CONFIRM -> ERR 83886194 Not confirmed    (the NOTOK button)
  *   cancel   CONFIRM -> ERR 83886179 Operation cancelled (Cancel, Escape)
  *   timeout  CONFIRM -> ERR 83886142 Timeout
+ *   notty    CONFIRM -> ERR 83918950 (a system error: no terminal)
  *   never    CONFIRM and MESSAGE are never answered
  *   crash    exits without a word at CONFIRM or MESSAGE
  *   garbage  answers CONFIRM with a line that is not Assuan
@@ -296,6 +297,8 @@ static void answer(const char *how)
 		say("ERR 83886179 Operation cancelled <Pinentry>");
 	} else if (strcmp(how, "timeout") == 0)
 		say("ERR 83886142 Timeout <Pinentry>");
+	else if (strcmp(how, "notty") == 0) /* no terminal to draw on (ENOTTY) */
+		say("ERR 83918950 Inappropriate ioctl for device <Pinentry>");
 	else if (strcmp(how, "never") == 0)
 		never();
 	else if (strcmp(how, "crash") == 0)

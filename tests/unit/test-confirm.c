@@ -344,6 +344,10 @@ static void test_pinentry_answers(void **state)
 	assert_non_null(strstr(why, "cancelled"));
 	assert_int_equal(ask_pinentry("timeout", why, sizeof(why)), CONFIRM_CANCELED);
 	assert_non_null(strstr(why, "did not answer"));
+	/* A system error (here ENOTTY): the log says what to look at. */
+	assert_int_equal(ask_pinentry("notty", why, sizeof(why)), CONFIRM_CANCELED);
+	assert_non_null(strstr(why, "could not show the dialog"));
+	assert_non_null(strstr(why, "GPG_TTY"));
 	assert_int_equal(ask_pinentry("crash", why, sizeof(why)), CONFIRM_CANCELED);
 	assert_non_null(strstr(why, "end of file"));
 	assert_int_equal(ask_pinentry("garbage", why, sizeof(why)), CONFIRM_CANCELED);
