@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,10 +25,71 @@ void kt_wipe(void *p, size_t len)
 		OPENSSL_cleanse(p, len);
 }
 
+/*
+ * Secrets too big for the secure heap (a document of some megabytes being
+ * signed) get pages of their own: excluded from core dumps, locked when
+ * RLIMIT_MEMLOCK allows.  Few live at once, so a list finds them again.
+ */
+#define BIG_SECRET (64 * 1024)
+
+struct big_secret {
+	void *p;
+	size_t len;
+	struct big_secret *next;
+};
+
+static pthread_mutex_t big_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct big_secret *bigs;
+
+static void *big_alloc(size_t len)
+{
+	struct big_secret *b = malloc(sizeof(*b));
+	void *p = b ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : MAP_FAILED;
+	if (p == MAP_FAILED) {
+		free(b);
+		return NULL;
+	}
+	madvise(p, len, MADV_DONTDUMP);
+	mlock(p, len); /* best effort */
+	b->p = p;
+	b->len = len;
+	pthread_mutex_lock(&big_lock);
+	b->next = bigs;
+	bigs = b;
+	pthread_mutex_unlock(&big_lock);
+	return p; /* anonymous pages come zeroed */
+}
+
+/* Unmapped and true when p is one of ours. */
+static bool big_free(void *p)
+{
+	struct big_secret *b = NULL;
+	pthread_mutex_lock(&big_lock);
+	for (struct big_secret **pp = &bigs; *pp; pp = &(*pp)->next) {
+		if ((*pp)->p == p) {
+			b = *pp;
+			*pp = b->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&big_lock);
+	if (!b)
+		return false;
+	OPENSSL_cleanse(b->p, b->len);
+	munlock(b->p, b->len);
+	munmap(b->p, b->len);
+	free(b);
+	return true;
+}
+
 void *kt_alloc_secret(size_t len)
 {
-	void *p = CRYPTO_secure_malloc_initialized() ? OPENSSL_secure_zalloc(len ? len : 1) : NULL;
-	return p ? p : calloc(1, len ? len : 1);
+	if (!len)
+		len = 1;
+	void *p = CRYPTO_secure_malloc_initialized() ? OPENSSL_secure_zalloc(len) : NULL;
+	if (!p && len >= BIG_SECRET)
+		p = big_alloc(len);
+	return p ? p : calloc(1, len);
 }
 
 void kt_free_secret(void *p, size_t len)
@@ -38,6 +100,8 @@ void kt_free_secret(void *p, size_t len)
 		OPENSSL_secure_clear_free(p, len);
 		return;
 	}
+	if (big_free(p))
+		return;
 	kt_wipe(p, len);
 	free(p);
 }

@@ -6,6 +6,7 @@
  * material.  Keys are generated once per run: RSA generation is slow under
  * valgrind.
  */
+#include "common.h"
 #include "crypto.h"
 #include "log.h"
 
@@ -13,6 +14,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1967,6 +1969,43 @@ static void test_random(void **state)
 	assert_memory_not_equal(a, b, 64);
 }
 
+/* Does a mapping of exactly `kib` KiB exist that core dumps leave out? */
+static bool dontdump_of(unsigned long kib)
+{
+	FILE *fp = fopen("/proc/self/smaps", "r");
+	char line[512];
+	unsigned long size = 0;
+	bool found = false;
+	assert_non_null(fp);
+	while (!found && fgets(line, sizeof(line), fp)) {
+		if (sscanf(line, "Size: %lu kB", &size) == 1)
+			continue;
+		if (strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " dd") && size == kib)
+			found = true;
+	}
+	fclose(fp);
+	return found;
+}
+
+/* A secret too big for the secure heap (a document of megabytes) still
+ * stays out of core dumps, and its pages go when it is freed. */
+static void test_big_secret(void **state)
+{
+	(void)state;
+	size_t len = 3 * 1024 * 1024 + 4096; /* 3076 KiB, unlike anything else here */
+	unsigned char *p = kt_alloc_secret(len);
+	assert_non_null(p);
+	assert_int_equal(p[0] | p[len - 1], 0);
+	memset(p, 0x5a, len);
+	assert_true(dontdump_of(len / 1024));
+	kt_free_secret(p, len);
+	assert_false(dontdump_of(len / 1024));
+	/* Small ones from the ordinary heap (no secure heap in this test). */
+	unsigned char *q = kt_alloc_secret(32);
+	assert_non_null(q);
+	kt_free_secret(q, 32);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1985,6 +2024,7 @@ int main(void)
 	    cmocka_unit_test(test_check_ec),	     cmocka_unit_test(test_check_ec_hostile),
 	    cmocka_unit_test(test_check_secret),     cmocka_unit_test(test_load_pkey),
 	    cmocka_unit_test(test_random),
+	    cmocka_unit_test(test_big_secret),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
