@@ -275,7 +275,9 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 		snprintf(b->certificate, sizeof(b->certificate), "issued by %s, serial %s",
 			 c->cert_issuer ? c->cert_issuer : "?", c->cert_serial ? c->cert_serial : "?");
 	snprintf(b->mechanism, sizeof(b->mechanism), "%s", kt_mech_name(c->mech ? c->mech->type : 0));
-	b->req.signer = c->signer ? c->signer : c->key_label;
+	/* Only a certificate names the signer; a key's label, shown on the
+	 * Key line, could read like a person's name and mislead. */
+	b->req.signer = c->signer;
 	b->req.certificate = b->certificate[0] ? b->certificate : NULL;
 	b->req.key_label = c->key_label;
 	b->req.restrictions = c->restrictions;
