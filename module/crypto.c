@@ -1779,6 +1779,30 @@ out:
 	return rv;
 }
 
+/* DigestInfo prefixes (RFC 8017 9.2, note 1): PKCS#1 v1.5 signs one of
+ * these followed by the hash. */
+static const struct {
+	const char *md;
+	size_t hash_len;
+	CK_BYTE prefix[CRYPTO_DIGEST_INFO_PREFIX];
+} digest_infos[] = {
+	{ "SHA224", 28, { 0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05, 0x00, 0x04, 0x1c } },
+	{ "SHA256", 32, { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 } },
+	{ "SHA384", 48, { 0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30 } },
+	{ "SHA512", 64, { 0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40 } },
+};
+
+const CK_BYTE *crypto_digest_info(const char *md, size_t *hash_len)
+{
+	for (size_t i = 0; i < KT_ARRAY_SIZE(digest_infos); i++) {
+		if (strcmp(digest_infos[i].md, md) == 0) {
+			*hash_len = digest_infos[i].hash_len;
+			return digest_infos[i].prefix;
+		}
+	}
+	return NULL;
+}
+
 bool crypto_op_prehashable(const struct crypto_op *op)
 {
 	return op->lazy_key && !op->mctx && !op->started && !op->done;
@@ -1787,10 +1811,9 @@ bool crypto_op_prehashable(const struct crypto_op *op)
 CK_RV crypto_op_sign_sha256(struct crypto_op *op, const unsigned char digest[32], CK_BYTE *out,
 			    CK_ULONG *out_len)
 {
-	/* SHA-256's DigestInfo prefix (RFC 8017 9.2, note 1). */
-	static const CK_BYTE info[19] = { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-					  0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 };
-	CK_BYTE in[sizeof(info) + 32], der[ECDSA_DER_MAX];
+	size_t hl;
+	const CK_BYTE *info = crypto_digest_info("SHA256", &hl);
+	CK_BYTE in[CRYPTO_DIGEST_INFO_PREFIX + 32], der[ECDSA_DER_MAX];
 	const CK_BYTE *tbs = digest;
 	size_t tbs_len = 32;
 	CK_BYTE *sig = op->ec_len ? der : out;
@@ -1803,8 +1826,8 @@ CK_RV crypto_op_sign_sha256(struct crypto_op *op, const unsigned char digest[32]
 		return CKR_OPERATION_NOT_INITIALIZED;
 	op->done = true;
 	if (op->mi->type == CKM_SHA256_RSA_PKCS) {
-		memcpy(in, info, sizeof(info));
-		memcpy(in + sizeof(info), digest, 32);
+		memcpy(in, info, CRYPTO_DIGEST_INFO_PREFIX);
+		memcpy(in + CRYPTO_DIGEST_INFO_PREFIX, digest, 32);
 		tbs = in;
 		tbs_len = sizeof(in);
 	}

@@ -146,5 +146,10 @@ bool crypto_sha256(const void *data, size_t len, unsigned char out[32]);
 /* The same for any digest crypto.c knows ("SHA224" ... "SHA512"); out has
  * room for EVP_MAX_MD_SIZE bytes. */
 bool crypto_digest(const char *name, const void *data, size_t len, unsigned char *out);
+/* The DigestInfo prefix (CRYPTO_DIGEST_INFO_PREFIX bytes) PKCS#1 v1.5 puts
+ * before a SHA-2 hash ("SHA224" ... "SHA512"), and that hash's length; NULL
+ * for another digest. */
+#define CRYPTO_DIGEST_INFO_PREFIX 19
+const CK_BYTE *crypto_digest_info(const char *md, size_t *hash_len);
 
 #endif

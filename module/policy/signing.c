@@ -294,18 +294,8 @@ static void request_build(const struct session *s, const CK_BYTE *data, CK_ULONG
 	}
 }
 
-/* DigestInfo prefixes (RFC 8017 9.2, note 1): CKM_RSA_PKCS receives one of
- * these followed by the hash. */
-static const struct {
-	const char *md;
-	size_t hash_len;
-	unsigned char prefix[19];
-} digest_infos[] = {
-	{ "SHA224", 28, { 0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05, 0x00, 0x04, 0x1c } },
-	{ "SHA256", 32, { 0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20 } },
-	{ "SHA384", 48, { 0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30 } },
-	{ "SHA512", 64, { 0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40 } },
-};
+/* The SHA-2 hashes a document may be signed by. */
+static const char *const sha2_names[] = { "SHA224", "SHA256", "SHA384", "SHA512" };
 
 /*
  * Is document `d` what these `data` bytes sign?  Either the data is the
@@ -323,16 +313,16 @@ static bool document_covered(const struct sign_doc *d, const CK_BYTE *data, CK_U
 		data = (const CK_BYTE *)"";
 	if (!hash_only && d->len == len && (len == 0 || memcmp(d->value, data, len) == 0))
 		return true;
-	for (size_t i = 0; i < KT_ARRAY_SIZE(digest_infos); i++) {
+	for (size_t i = 0; i < KT_ARRAY_SIZE(sha2_names); i++) {
 		unsigned char h[64];
 		unsigned char b64[4 * ((64 + 2) / 3) + 1];
-		size_t hl = digest_infos[i].hash_len;
-		if (!crypto_digest(digest_infos[i].md, d->value, d->len, h))
+		size_t hl;
+		const CK_BYTE *prefix = crypto_digest_info(sha2_names[i], &hl);
+		if (!prefix || !crypto_digest(sha2_names[i], d->value, d->len, h))
 			continue;
 		if (hash_only) {
-			size_t pl = mech == CKM_RSA_PKCS ? sizeof(digest_infos[i].prefix) : 0;
-			if (len == pl + hl && memcmp(data, digest_infos[i].prefix, pl) == 0 &&
-			    memcmp(data + pl, h, hl) == 0)
+			size_t pl = mech == CKM_RSA_PKCS ? CRYPTO_DIGEST_INFO_PREFIX : 0;
+			if (len == pl + hl && memcmp(data, prefix, pl) == 0 && memcmp(data + pl, h, hl) == 0)
 				return true;
 			continue;
 		}

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 static char base_dir[sizeof(fx.dir)]; /* the fx.dir whose text `base` is */
@@ -61,6 +62,20 @@ int certfix_conf(const char *extra)
 	if (extra)
 		fputs(extra, fp);
 	return fclose(fp) == 0 ? 0 : -1;
+}
+
+char *certfix_read(const char *path)
+{
+	char *text = slurp(path);
+	return text ? text : strdup("");
+}
+
+int certfix_count(const char *hay, const char *needle)
+{
+	int n = 0;
+	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
 }
 
 CK_RV certfix_reinit(const char *extra)

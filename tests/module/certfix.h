@@ -20,6 +20,11 @@ int certfix_conf(const char *extra);
  * object handles (and slot ids) of before are gone. */
 CK_RV certfix_reinit(const char *extra);
 
+/* A whole text file (the audit log, what a scripted signer was asked), ""
+ * when it does not exist; free it.  And how often needle occurs in hay. */
+char *certfix_read(const char *path);
+int certfix_count(const char *hay, const char *needle);
+
 /* Send fd 2 to a file in fx.dir until certfix_stderr_end(), which returns
  * what was written (NUL-terminated, free it) and also copies it to the real
  * stderr so it stays in the test log. */

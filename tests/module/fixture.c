@@ -240,8 +240,7 @@ CK_SESSION_HANDLE fixture_open_user_session(CK_SLOT_ID slot)
 	return s;
 }
 
-/* base + extra, an extra attribute replacing a base one of the same type. */
-static CK_ULONG merge(CK_ATTRIBUTE *out, const CK_ATTRIBUTE *base, CK_ULONG nbase, const CK_ATTRIBUTE *extra,
+CK_ULONG fixture_merge(CK_ATTRIBUTE *out, const CK_ATTRIBUTE *base, CK_ULONG nbase, const CK_ATTRIBUTE *extra,
 		      CK_ULONG nextra)
 {
 	CK_ULONG n = 0;
@@ -278,8 +277,8 @@ CK_RV fixture_gen_keypair(CK_SESSION_HANDLE s, CK_MECHANISM_TYPE mech, const CK_
 	CK_ULONG npub, npriv;
 
 	assert_true(n_pub_extra <= 16 && n_priv_extra <= 16);
-	npub = merge(pub_t, pub_base, FX_COUNT(pub_base), pub_extra, n_pub_extra);
-	npriv = merge(priv_t, priv_base, FX_COUNT(priv_base), priv_extra, n_priv_extra);
+	npub = fixture_merge(pub_t, pub_base, FX_COUNT(pub_base), pub_extra, n_pub_extra);
+	npriv = fixture_merge(priv_t, priv_base, FX_COUNT(priv_base), priv_extra, n_priv_extra);
 	*pub = *priv = CK_INVALID_HANDLE;
 	return fx.f->C_GenerateKeyPair(s, &m, pub_t, npub, priv_t, npriv, pub, priv);
 }
@@ -324,7 +323,7 @@ CK_RV fixture_gen_aes(CK_SESSION_HANDLE s, CK_ULONG bytes, const CK_ATTRIBUTE *e
 	CK_ULONG n;
 
 	assert_true(n_extra <= 16);
-	n = merge(t, base, FX_COUNT(base), extra, n_extra);
+	n = fixture_merge(t, base, FX_COUNT(base), extra, n_extra);
 	*key = CK_INVALID_HANDLE;
 	return fx.f->C_GenerateKey(s, &m, t, n, key);
 }

@@ -113,6 +113,12 @@ CK_SESSION_HANDLE fixture_open_session(CK_SLOT_ID slot, bool rw);
 /* A RW session with the normal user logged in. */
 CK_SESSION_HANDLE fixture_open_user_session(CK_SLOT_ID slot);
 
+/* out = base + extra, an extra attribute replacing a base one of the same
+ * type; duplicates inside extra are kept (tests of hostile templates need
+ * them).  out has room for nbase + nextra.  Returns the count. */
+CK_ULONG fixture_merge(CK_ATTRIBUTE *out, const CK_ATTRIBUTE *base, CK_ULONG nbase, const CK_ATTRIBUTE *extra,
+		       CK_ULONG nextra);
+
 /* Key generation.  Defaults: session objects, private keys CKA_PRIVATE,
  * CKA_SENSITIVE, CKA_SIGN; public keys CKA_VERIFY.  Attributes in `extra`
  * replace a default of the same type or are added. */

@@ -33,29 +33,6 @@ static char answers[PATH_MAX], asked[PATH_MAX], audit[PATH_MAX];
 static char base_conf[2 * PATH_MAX + 256]; /* the configuration setup() wrote */
 static const char doc[] = "Contract 17: the Contractor translates 40 pages for 12 000 KGS.";
 
-static char *slurp(const char *path)
-{
-	FILE *fp = fopen(path, "r");
-	if (!fp)
-		return strdup("");
-	fseek(fp, 0, SEEK_END);
-	long n = ftell(fp);
-	rewind(fp);
-	char *b = calloc(1, (size_t)n + 1);
-	assert_non_null(b);
-	assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
-	fclose(fp);
-	return b;
-}
-
-static int count(const char *hay, const char *needle)
-{
-	int n = 0;
-	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
-		n++;
-	return n;
-}
-
 /* What the scripted signer answers next: 0 yes, 1 no, 2 cancelled. */
 static void signer_answers(int code)
 {
@@ -67,8 +44,8 @@ static void signer_answers(int code)
 
 static int questions(void)
 {
-	char *a = slurp(asked);
-	int n = count(a, "=== confirm");
+	char *a = certfix_read(asked);
+	int n = certfix_count(a, "=== confirm");
 	free(a);
 	return n;
 }
@@ -174,7 +151,7 @@ static void test_confirmed_signature(void **state)
 	verifies(pub, doc, sizeof(doc) - 1, sig, len);
 
 	/* The signer saw the document, its digest and the code; and was told. */
-	char *a = slurp(asked);
+	char *a = certfix_read(asked);
 	assert_non_null(strstr(a, doc));
 	assert_non_null(strstr(a, "SHA-256: "));
 	assert_non_null(strstr(a, "Code: "));
@@ -183,8 +160,8 @@ static void test_confirmed_signature(void **state)
 	/* One confirmation, one signature. */
 	len = sizeof(sig);
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
-	char *log = slurp(audit);
-	assert_int_equal(count(log, "\"decision\":\"signed\""), 1);
+	char *log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, "\"decision\":\"signed\""), 1);
 	assert_null(strstr(log, "translates")); /* no document content in the audit */
 	free(log);
 }
@@ -211,10 +188,10 @@ static void test_refused_and_canceled(void **state)
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_FUNCTION_CANCELED);
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
 
-	char *log = slurp(audit);
-	assert_int_equal(count(log, "\"decision\":\"rejected\""), 1);
-	assert_int_equal(count(log, "\"decision\":\"canceled\""), 1);
-	assert_int_equal(count(log, "\"decision\":\"signed\""), 0);
+	char *log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, "\"decision\":\"rejected\""), 1);
+	assert_int_equal(certfix_count(log, "\"decision\":\"canceled\""), 1);
+	assert_int_equal(certfix_count(log, "\"decision\":\"signed\""), 0);
 	free(log);
 }
 
@@ -231,7 +208,7 @@ static void test_multi_part_asks_once(void **state)
 	assert_int_equal(F->C_SignFinal(s, sig, &len), CKR_OK);
 	assert_int_equal(questions(), 1);
 	verifies(pub, doc, sizeof(doc) - 1, sig, len);
-	char *a = slurp(asked);
+	char *a = certfix_read(asked);
 	assert_non_null(strstr(a, doc)); /* the whole document, gathered */
 	free(a);
 }
@@ -295,8 +272,8 @@ static void test_automatic_never_asks(void **state)
 	/* A seal's routine records may wait for their batch; C_Finalize
 	 * writes them. */
 	assert_int_equal(F->C_Finalize(NULL), CKR_OK);
-	char *log = slurp(audit);
-	assert_int_equal(count(log, "\"decision\":\"signed\""), 3);
+	char *log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, "\"decision\":\"signed\""), 3);
 	free(log);
 	assert_int_equal(fixture_initialize(), CKR_OK);
 }
@@ -502,7 +479,7 @@ static void test_sign_context_shown_and_checked(void **state)
 
 	/* The document itself, with a hash-and-sign mechanism. */
 	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
-	char *a = slurp(asked);
+	char *a = certfix_read(asked);
 	assert_non_null(strstr(a, "Contract 17.txt"));
 	assert_non_null(strstr(a, doc));
 	free(a);
@@ -511,8 +488,8 @@ static void test_sign_context_shown_and_checked(void **state)
 	 * shows the document. */
 	assert_int_equal(sign_with(priv, CKM_ECDSA, h, sizeof(h)), CKR_OK);
 	assert_int_equal(questions(), 2);
-	a = slurp(asked);
-	assert_int_equal(count(a, doc), 4); /* question and notice, twice */
+	a = certfix_read(asked);
+	assert_int_equal(certfix_count(a, doc), 4); /* question and notice, twice */
 	assert_null(strstr(a, "hash")); /* no "only a hash" warning: the document was shown */
 	free(a);
 
@@ -524,8 +501,8 @@ static void test_sign_context_shown_and_checked(void **state)
 	CK_BYTE sig[80];
 	CK_ULONG n = sizeof(sig);
 	assert_int_equal(F->C_Sign(s, h, sizeof(h), sig, &n), CKR_OPERATION_NOT_INITIALIZED);
-	char *log = slurp(audit);
-	assert_int_equal(count(log, "\"decision\":\"refused\""), 2);
+	char *log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, "\"decision\":\"refused\""), 2);
 	free(log);
 
 	/* CKM_RSA_PKCS receives a DigestInfo: SHA-256's prefix, then the hash. */
@@ -563,7 +540,7 @@ static void test_sign_context_package(void **state)
 	EVP_EncodeBlock(b64, h2, 32);
 	n += snprintf(signed_info + n, sizeof(signed_info) - (size_t)n, "<DigestValue>%s</DigestValue></SignedInfo>", b64);
 	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, signed_info, (size_t)n), CKR_OK);
-	char *a = slurp(asked);
+	char *a = certfix_read(asked);
 	assert_non_null(strstr(a, "2 documents: contract.txt"));
 	assert_non_null(strstr(a, "annex.txt"));
 	free(a);
@@ -584,7 +561,7 @@ static void test_sign_context_other_session(void **state)
 	keypair("person key", &pub, &priv);
 	context_object(other, "not mine.txt", "some other text", 15, false);
 	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
-	char *a = slurp(asked);
+	char *a = certfix_read(asked);
 	assert_null(strstr(a, "not mine"));
 	assert_non_null(strstr(a, doc));
 	free(a);
@@ -632,21 +609,21 @@ static void test_confidential_document(void **state)
 
 	ctx = context_object(s, "secret.txt", doc, sizeof(doc) - 1, true);
 	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
-	char *log = slurp(audit);
-	assert_int_equal(count(log, "\"decision\":\"signed\""), 1);
+	char *log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, "\"decision\":\"signed\""), 1);
 	assert_null(strstr(log, "\"sha256\""));
 	assert_null(strstr(log, hex));
 	free(log);
 	/* The signer still saw it. */
-	char *a = slurp(asked);
+	char *a = certfix_read(asked);
 	assert_non_null(strstr(a, doc));
 	free(a);
 
 	/* Not confidential: the digest is recorded. */
 	assert_int_equal(F->C_DestroyObject(s, ctx), CKR_OK);
 	assert_int_equal(sign_with(priv, CKM_ECDSA_SHA256, doc, sizeof(doc) - 1), CKR_OK);
-	log = slurp(audit);
-	assert_int_equal(count(log, hex), 1);
+	log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, hex), 1);
 	free(log);
 }
 
@@ -694,7 +671,7 @@ static void test_mutation_after_prompt(void **state)
 	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
 	assert_int_equal(F->C_VerifyInit(s, &m, pub), CKR_OK);
 	assert_int_equal(F->C_Verify(s, w.buf, sizeof(doc) - 1, w.sig, w.len), CKR_SIGNATURE_INVALID);
-	char *a = slurp(asked);
+	char *a = certfix_read(asked);
 	assert_non_null(strstr(a, doc));
 	assert_null(strstr(a, "99 999"));
 	free(a);
@@ -740,8 +717,8 @@ static void test_seal_record_written_when_idle(void **state)
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OK);
 	int n = 0;
 	for (int i = 0; i < 1000 && n == 0; i++) {
-		char *log = slurp(audit);
-		n = count(log, "\"decision\":\"signed\"");
+		char *log = certfix_read(audit);
+		n = certfix_count(log, "\"decision\":\"signed\"");
 		free(log);
 		if (n == 0)
 			usleep(10000);
@@ -778,8 +755,8 @@ static void test_seal_record_survives_exit_without_finalize(void **state)
 		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 		char pid[48];
 		snprintf(pid, sizeof(pid), "\"pid\":%ld,\"decision\":\"signed\"", (long)child);
-		char *log = slurp(audit);
-		assert_int_equal(count(log, pid), 1);
+		char *log = certfix_read(audit);
+		assert_int_equal(certfix_count(log, pid), 1);
 		free(log);
 	}
 }

@@ -130,26 +130,6 @@ static void expect_hidden(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
 	assert_int_equal(a.ulValueLen, CK_UNAVAILABLE_INFORMATION);
 }
 
-/* Template = base, each extra replacing a base entry of its type or added.
- * Duplicates inside `extra` are kept: some tests need them. */
-static CK_ULONG merge(CK_ATTRIBUTE *out, const CK_ATTRIBUTE *base, CK_ULONG nbase, const CK_ATTRIBUTE *extra,
-		      CK_ULONG nextra)
-{
-	CK_ULONG n = 0;
-
-	for (CK_ULONG i = 0; i < nbase; i++) {
-		bool replaced = false;
-
-		for (CK_ULONG j = 0; j < nextra; j++)
-			replaced |= extra[j].type == base[i].type;
-		if (!replaced)
-			out[n++] = base[i];
-	}
-	for (CK_ULONG j = 0; j < nextra; j++)
-		out[n++] = extra[j];
-	return n;
-}
-
 /* --- key pairs --------------------------------------------------------------- */
 
 enum pair_kind { K_RSA, K_EC, K_ED, N_KINDS };
@@ -248,7 +228,7 @@ static CK_OBJECT_HANDLE generic(const CK_ATTRIBUTE *extra, CK_ULONG n)
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 
 	assert_true(n <= 16);
-	assert_int_equal(F->C_GenerateKey(s, &m, t, merge(t, base, FX_COUNT(base), extra, n), &h), CKR_OK);
+	assert_int_equal(F->C_GenerateKey(s, &m, t, fixture_merge(t, base, FX_COUNT(base), extra, n), &h), CKR_OK);
 	return h;
 }
 
@@ -265,7 +245,7 @@ static CK_RV try_import_aes(const CK_ATTRIBUTE *extra, CK_ULONG n, CK_OBJECT_HAN
 
 	assert_true(n <= 16);
 	*h = CK_INVALID_HANDLE;
-	return F->C_CreateObject(s, t, merge(t, base, FX_COUNT(base), extra, n), h);
+	return F->C_CreateObject(s, t, fixture_merge(t, base, FX_COUNT(base), extra, n), h);
 }
 
 /* An imported EC P-256 private key (and its scalar, for comparisons). */
@@ -306,7 +286,7 @@ static CK_RV try_import_ec(const struct ec_import *m, const CK_ATTRIBUTE *extra,
 
 	assert_true(n <= 16);
 	*h = CK_INVALID_HANDLE;
-	return F->C_CreateObject(s, t, merge(t, base, FX_COUNT(base), extra, n), h);
+	return F->C_CreateObject(s, t, fixture_merge(t, base, FX_COUNT(base), extra, n), h);
 }
 
 /* --- snapshots of what guards a key ----------------------------------------- */

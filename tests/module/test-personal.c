@@ -32,29 +32,6 @@ static const char pid[] = "PNOKG-22345678901234";
 static unsigned char *der;
 static int der_len;
 
-static char *slurp(const char *path)
-{
-	FILE *fp = fopen(path, "r");
-	if (!fp)
-		return strdup("");
-	fseek(fp, 0, SEEK_END);
-	long n = ftell(fp);
-	rewind(fp);
-	char *b = calloc(1, (size_t)n + 1);
-	assert_non_null(b);
-	assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
-	fclose(fp);
-	return b;
-}
-
-static int count(const char *hay, const char *needle)
-{
-	int n = 0;
-	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
-		n++;
-	return n;
-}
-
 /* A self-signed certificate of a person, with a personal number. */
 static void make_cert(void)
 {
@@ -183,8 +160,8 @@ static void test_login_policy(void **state)
 	assert_int_equal(find_by_pid(s), 1);
 	/* The disclosure is recorded; the value is not. */
 	assert_int_equal(F->C_Finalize(NULL), CKR_OK);
-	char *log = slurp(audit);
-	assert_int_equal(count(log, "\"decision\":\"disclosed\""), 1);
+	char *log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, "\"decision\":\"disclosed\""), 1);
 	assert_non_null(strstr(log, "\"reason\":\"personal number\""));
 	assert_null(strstr(log, "22345678901234"));
 	free(log);
@@ -195,8 +172,8 @@ static void test_login_policy(void **state)
 	CK_SESSION_HANDLE anon = fixture_open_session(slot, false);
 	assert_int_equal(find_certs(anon), 0);
 	/* Nobody was asked under the login policy. */
-	char *a = slurp(asked);
-	assert_int_equal(count(a, "=== disclose"), 0);
+	char *a = certfix_read(asked);
+	assert_int_equal(certfix_count(a, "=== disclose"), 0);
 	free(a);
 }
 
@@ -236,8 +213,8 @@ static void test_consent_policy(void **state)
 	signer_answers(1);
 	assert_int_equal(read_pid(s, h, v, &n, label), CKR_ATTRIBUTE_SENSITIVE);
 	assert_int_equal(n, CK_UNAVAILABLE_INFORMATION);
-	a = slurp(asked);
-	assert_int_equal(count(a, "=== disclose"), 1);
+	a = certfix_read(asked);
+	assert_int_equal(certfix_count(a, "=== disclose"), 1);
 	assert_non_null(strstr(a, "Data: personal number"));
 	assert_non_null(strstr(a, "Test Person"));
 	assert_null(strstr(a, "22345678901234")); /* the question names the data, not its value */
@@ -249,10 +226,10 @@ static void test_consent_policy(void **state)
 	assert_memory_equal(v, pid, strlen(pid));
 	assert_int_equal(read_pid(s, h, v, &n, label), CKR_OK);
 	assert_int_equal(find_by_pid(s), 1);
-	a = slurp(asked);
-	assert_int_equal(count(a, "=== disclose"), 2);
+	a = certfix_read(asked);
+	assert_int_equal(certfix_count(a, "=== disclose"), 2);
 	free(a);
-	char *c = slurp(consents);
+	char *c = certfix_read(consents);
 	char exe[PATH_MAX];
 	ssize_t k = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	assert_true(k > 0);
@@ -267,14 +244,14 @@ static void test_consent_policy(void **state)
 	fclose(fp);
 	signer_answers(1);
 	assert_int_equal(read_pid(s, h, v, &n, label), CKR_ATTRIBUTE_SENSITIVE);
-	a = slurp(asked);
-	assert_int_equal(count(a, "=== disclose"), 3);
+	a = certfix_read(asked);
+	assert_int_equal(certfix_count(a, "=== disclose"), 3);
 	free(a);
 
 	assert_int_equal(F->C_Finalize(NULL), CKR_OK);
-	char *log = slurp(audit);
-	assert_int_equal(count(log, "\"decision\":\"withheld\""), 2);
-	assert_int_equal(count(log, "\"decision\":\"disclosed\""), 2);
+	char *log = certfix_read(audit);
+	assert_int_equal(certfix_count(log, "\"decision\":\"withheld\""), 2);
+	assert_int_equal(certfix_count(log, "\"decision\":\"disclosed\""), 2);
 	assert_null(strstr(log, "22345678901234"));
 	free(log);
 	assert_int_equal(fixture_initialize(), CKR_OK);

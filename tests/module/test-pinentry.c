@@ -25,29 +25,6 @@ static CK_SESSION_HANDLE s;
 static char script[PATH_MAX], told[PATH_MAX];
 static const char doc[] = "Act of acceptance No. 7: 40 pages translated, accepted without remarks.";
 
-static char *slurp(const char *path)
-{
-	FILE *fp = fopen(path, "r");
-	if (!fp)
-		return strdup("");
-	fseek(fp, 0, SEEK_END);
-	long n = ftell(fp);
-	rewind(fp);
-	char *b = calloc(1, (size_t)n + 1);
-	assert_non_null(b);
-	assert_int_equal(fread(b, 1, (size_t)n, fp), (size_t)n);
-	fclose(fp);
-	return b;
-}
-
-static int count(const char *hay, const char *needle)
-{
-	int n = 0;
-	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
-		n++;
-	return n;
-}
-
 /* What the person does in the next dialogs: a mode and the PINs typed. */
 static void person(const char *mode, const char *pins)
 {
@@ -120,11 +97,11 @@ static void test_answers(void **state)
 	person("yes", NULL);
 	assert_int_equal(sign(priv, true, sig, &len), CKR_OK);
 	verifies(pub, sig, len);
-	char *t = slurp(told);
-	assert_int_equal(count(t, "CONFIRM"), 1);
-	assert_int_equal(count(t, "GETPIN"), 0);
+	char *t = certfix_read(told);
+	assert_int_equal(certfix_count(t, "CONFIRM"), 1);
+	assert_int_equal(certfix_count(t, "GETPIN"), 0);
 	assert_non_null(strstr(t, doc));   /* the document was on the screen */
-	assert_int_equal(count(t, "MESSAGE"), 1); /* and the notice */
+	assert_int_equal(certfix_count(t, "MESSAGE"), 1); /* and the notice */
 	free(t);
 
 	static const struct {
@@ -142,8 +119,8 @@ static void test_answers(void **state)
 		memset(sig, 0, sizeof(sig));
 		assert_int_equal(sign(priv, true, sig, &len), cases[i].rv);
 		assert_int_equal(sig[0], 0);
-		t = slurp(told);
-		assert_int_equal(count(t, "MESSAGE"), 0); /* no "signed" notice */
+		t = certfix_read(told);
+		assert_int_equal(certfix_count(t, "MESSAGE"), 0); /* no "signed" notice */
 		free(t);
 		/* The operation is over. */
 		len = sizeof(sig);
@@ -163,9 +140,9 @@ static void test_dialog_collects_pin(void **state)
 	person("yes", "pin " FX_USER_PIN "\n");
 	assert_int_equal(sign(priv, false, sig, &len), CKR_OK);
 	verifies(pub, sig, len);
-	char *t = slurp(told);
-	assert_int_equal(count(t, "GETPIN"), 1);
-	assert_int_equal(count(t, "CONFIRM"), 0);
+	char *t = certfix_read(told);
+	assert_int_equal(certfix_count(t, "GETPIN"), 1);
+	assert_int_equal(certfix_count(t, "CONFIRM"), 0);
 	assert_null(strstr(t, FX_USER_PIN "\n")); /* the log never has the PIN */
 	free(t);
 
@@ -174,9 +151,9 @@ static void test_dialog_collects_pin(void **state)
 	person("yes", "pin 9999\npin " FX_USER_PIN "\n");
 	assert_int_equal(sign(priv, false, sig, &len), CKR_OK);
 	verifies(pub, sig, len);
-	t = slurp(told);
-	assert_int_equal(count(t, "GETPIN"), 2);
-	assert_int_equal(count(t, "SETERROR"), 1);
+	t = certfix_read(told);
+	assert_int_equal(certfix_count(t, "GETPIN"), 2);
+	assert_int_equal(certfix_count(t, "SETERROR"), 1);
 	free(t);
 	assert_false(token_flags() & CKF_USER_PIN_COUNT_LOW);
 
@@ -197,8 +174,8 @@ static void test_dialog_pin_lockout(void **state)
 
 	person("yes", "pin 0000\npin 0001\npin 0002\npin " FX_USER_PIN "\n");
 	assert_int_equal(sign(priv, false, sig, &len), CKR_USER_NOT_LOGGED_IN);
-	char *t = slurp(told);
-	assert_int_equal(count(t, "GETPIN"), 3); /* three tries, the fourth PIN never asked */
+	char *t = certfix_read(told);
+	assert_int_equal(certfix_count(t, "GETPIN"), 3); /* three tries, the fourth PIN never asked */
 	free(t);
 	assert_true(token_flags() & CKF_USER_PIN_COUNT_LOW);
 
