@@ -390,9 +390,14 @@ s_run() {
 	# hex (nothing is lost to escaping); -s: whole buffers; -v: whole
 	# environments.  stdout and stderr are files in RUN.  LeakSanitizer
 	# cannot work under ptrace: leak checking is off (the cmocka tests do it).
+	# SHELL and HOME are set because the scripted dialog is a bash script,
+	# and bash started without either asks getpwuid(), which glibc first
+	# tries to answer through nscd's socket: an attempt by the test's own
+	# helper, seen on a CI runner whose environment has no SHELL, that would
+	# fail no-named-sockets for something the module never did.
 	timeout "$KT_STEP_TIMEOUT" strace -f -qq -yy -xx -v -s 1048576 -e signal=none \
 		-e trace="$TRACED_SYSCALLS" -o "$TRACE" \
-		env HOME="$TDIR/home" TMPDIR="$TDIR/tmp" XDG_DATA_HOME="$TDIR/home/data" \
+		env HOME="$TDIR/home" SHELL=/bin/sh TMPDIR="$TDIR/tmp" XDG_DATA_HOME="$TDIR/home/data" \
 		XDG_STATE_HOME="$TDIR/home/state" KOLTAMGA_CONF="$KOLTAMGA_CONF" \
 		KOLTAMGA_DEBUG=all,call,session,object,token,crypto,config,policy \
 		KT_FAKE_CONFIRM="$SIGNER_DIR/yes.conf" \
