@@ -187,3 +187,14 @@ long kt_program_pid(void)
 	/* this process's own pid asked afresh: right after a fork too */
 	return relay_pid ? relay_pid : (long)getpid();
 }
+
+int kt_hex_digit(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}

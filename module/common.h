@@ -31,6 +31,9 @@ void kt_free_secret(void *p, size_t len);
  * application or an earlier initialisation did. */
 void kt_secure_heap_init(size_t bytes);
 
+/* The value of one hex digit (either case), or -1. */
+int kt_hex_digit(int c);
+
 /* Lowercase hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
 void kt_hex(char *out, const void *p, size_t n);
 

@@ -33,8 +33,12 @@ void config_free(struct config *c)
 {
 	if (!c)
 		return;
-	for (size_t i = 0; i < c->n_tokens; i++)
+	for (size_t i = 0; i < c->n_tokens; i++) {
 		free(c->tokens[i].path);
+		free(c->tokens[i].label);
+		free(c->tokens[i].serial);
+		free(c->tokens[i].uri);
+	}
 	free(c->tokens);
 	for (size_t i = 0; i < c->n_crl_files; i++)
 		free(c->crl_files[i]);
@@ -92,8 +96,8 @@ static CK_RV add_token(struct config *c)
 	if (!t)
 		return CKR_HOST_MEMORY;
 	c->tokens = t;
+	memset(&c->tokens[c->n_tokens], 0, sizeof(c->tokens[0]));
 	c->tokens[c->n_tokens].driver = &file_token_ops;
-	c->tokens[c->n_tokens].path = NULL;
 	c->tokens[c->n_tokens].policy = POLICY_DEFAULT;
 	c->n_tokens++;
 	return CKR_OK;
@@ -359,15 +363,29 @@ static CK_RV set_token_key(struct config_token *t, const char *key, const char *
 	if (strcmp(key, "sign_policy") == 0)
 		return parse_policy(val, &t->policy) ? CKR_OK : CKR_ARGUMENTS_BAD;
 	if (strcmp(key, "driver") == 0) {
-		if (strcmp(val, "file") != 0)
+		if (strcmp(val, "file") == 0)
+			t->driver = &file_token_ops;
+		else if (strcmp(val, "pkcs11") == 0)
+			t->driver = &pkcs11_token_ops;
+		else
 			return CKR_ARGUMENTS_BAD;
-		t->driver = &file_token_ops;
-	} else if (strcmp(key, "path") == 0) {
+	} else if (strcmp(key, "path") == 0 || strcmp(key, "module") == 0) {
+		/* Both name a file: the store, or the device's module. */
 		if (val[0] != '/')
 			return CKR_ARGUMENTS_BAD;
 		free(t->path);
 		t->path = strdup(val);
 		if (!t->path)
+			return CKR_HOST_MEMORY;
+	} else if (strcmp(key, "label") == 0 || strcmp(key, "serial") == 0 || strcmp(key, "uri") == 0) {
+		char **field = key[0] == 'l' ? &t->label : key[0] == 's' ? &t->serial : &t->uri;
+		/* A label is at most 32 bytes and a serial 16 on any token. */
+		if (!*val || (key[0] == 'l' && strlen(val) > 32) || (key[0] == 's' && strlen(val) > 16) ||
+		    (key[0] == 'u' && strncmp(val, "pkcs11:", 7) != 0))
+			return CKR_ARGUMENTS_BAD;
+		free(*field);
+		*field = strdup(val);
+		if (!*field)
 			return CKR_HOST_MEMORY;
 	} else {
 		*known = false;
@@ -449,8 +467,16 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 			goto out;
 	}
 	for (size_t i = 0; i < c->n_tokens; i++) {
-		if (!c->tokens[i].path) {
-			kt_log("%s: [token] number %zu has no path", origin, i + 1);
+		const struct config_token *t = &c->tokens[i];
+		bool device = t->driver == &pkcs11_token_ops;
+		if (!t->path) {
+			kt_log("%s: [token] number %zu has no %s", origin, i + 1, device ? "module" : "path");
+			rv = CKR_ARGUMENTS_BAD;
+			goto out;
+		}
+		if (!device && (t->label || t->serial || t->uri)) {
+			kt_log("%s: [token] number %zu: label, serial and uri are for driver = pkcs11", origin,
+			       i + 1);
 			rv = CKR_ARGUMENTS_BAD;
 			goto out;
 		}

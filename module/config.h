@@ -52,9 +52,14 @@
  *   oid.NAME = 1.2.3.4  one more OID meaning NAME in the certificate
  *                       attribute table (docs/attributes.md)
  * [token] keys:
- *   driver = file       (the only driver so far)
- *   path = FILE         the token's store file (created by C_InitToken if absent)
- *   sign_policy = confirm|automatic  for keys created on this token
+ *   driver = file|pkcs11  (default file)
+ *   path = FILE         file: the token's store file (created by C_InitToken if absent)
+ *   module = FILE       pkcs11: the device's PKCS#11 module (absolute path)
+ *   label = TEXT        pkcs11: the device token's label, and/or
+ *   serial = TEXT       its serial number, and/or
+ *   uri = pkcs11:...    an RFC 7512 URI (token, serial, manufacturer, model)
+ *   sign_policy = confirm|automatic  for keys created on this token (pkcs11:
+ *                       for every key on the device without a [key] section)
  * Unknown keys, bad numbers or a missing path are errors: C_Initialize fails
  * with CKR_ARGUMENTS_BAD (a bad pReserved) or CKR_GENERAL_ERROR, after one
  * clear line on stderr; nothing falls back to weaker defaults silently.
@@ -69,8 +74,11 @@ enum sign_policy { POLICY_DEFAULT = 0, POLICY_CONFIRM = 1, POLICY_AUTOMATIC = 2 
 
 struct config_token {
 	const struct token_ops *driver;
-	char *path;
+	char *path;              /* file: the store; pkcs11: the device's module */
 	enum sign_policy policy; /* POLICY_DEFAULT: the module's */
+	/* pkcs11: which of the module's tokens (all given must match; none:
+	 * its first token present) */
+	char *label, *serial, *uri;
 };
 
 struct config_key {

@@ -958,6 +958,16 @@ out:
 	return rv;
 }
 
+CK_RV crypto_set_public_key_info(const struct attrs *pub, struct attrs *dst)
+{
+	EVP_PKEY *pkey = NULL;
+	CK_RV rv = crypto_load_pkey(CKO_PUBLIC_KEY, pub, &pkey);
+	if (rv == CKR_OK)
+		rv = set_spki(dst, pkey);
+	EVP_PKEY_free(pkey);
+	return rv;
+}
+
 CK_ULONG crypto_key_bits(CK_OBJECT_CLASS cls, const struct attrs *a)
 {
 	CK_KEY_TYPE kt;
@@ -1248,6 +1258,9 @@ enum op_path {
 	PATH_HASH_SIGN, /* EVP_DigestSign/Verify with a digest: streams */
 	PATH_MSG_SIGN,	/* EVP_DigestSign/Verify of the whole message (EdDSA): buffers */
 	PATH_RAW_SIGN,	/* EVP_PKEY_sign/verify of the caller's hash: buffers */
+	PATH_REMOTE_STREAM, /* a device signs, the data streams to it */
+	PATH_REMOTE_BUF,    /* a device signs the whole input at once: buffers */
+	PATH_REMOTE_HASH,   /* we hash, a device signs the hash: streams */
 };
 
 enum op_kind { OP_SIGN, OP_VERIFY, OP_DIGEST };
@@ -1272,6 +1285,7 @@ struct crypto_op {
 	 * (crypto_op_sign_sha256) needs none. */
 	EVP_PKEY *lazy_key;
 	const EVP_MD *lazy_md;
+	struct crypto_remote remote; /* PATH_REMOTE_*: the device's operation */
 };
 
 static const CK_BYTE empty_input[1];
@@ -1502,10 +1516,82 @@ out:
 	return rv;
 }
 
+CK_MECHANISM_TYPE crypto_sign_hash_counterpart(const struct mech_info *mi)
+{
+	if (!mi->digest || !md_get(mi->digest))
+		return CKM_VENDOR_DEFINED;
+	if (mi->key_type == CKK_EC)
+		return CKM_ECDSA;
+	if (mi->key_type == CKK_RSA)
+		return is_pss(mi->type) ? CKM_RSA_PKCS_PSS : CKM_RSA_PKCS;
+	return CKM_VENDOR_DEFINED;
+}
+
+CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key,
+			      const struct crypto_remote *remote, bool host_hash, struct crypto_op **out)
+{
+	CK_KEY_TYPE kt;
+	CK_RV rv = CKR_ARGUMENTS_BAD;
+	if (!mi || !m || !key || !remote || !out || m->mechanism != mi->type)
+		goto fail;
+	rv = CKR_MECHANISM_INVALID;
+	if (!(mi->ops & MECH_SIGN))
+		goto fail;
+	rv = mi->check_param(m);
+	if (rv != CKR_OK)
+		goto fail;
+	rv = CKR_KEY_TYPE_INCONSISTENT;
+	if (!key_type_of(key, &kt) || kt != mi->key_type)
+		goto fail;
+	CK_ULONG bits = crypto_key_bits(CKO_PRIVATE_KEY, key);
+	size_t out_len = kt == CKK_RSA ? (bits + 7) / 8 : kt == CKK_EC ? 2 * ((bits + 7) / 8)
+				       : bits <= 255 ? 64 : 114;
+	/* Without its size the key's signature cannot be announced. */
+	rv = CKR_KEY_SIZE_RANGE;
+	if (!bits || out_len > 1024)
+		goto fail;
+	rv = CKR_HOST_MEMORY;
+	struct crypto_op *op = calloc(1, sizeof(*op));
+	if (!op)
+		goto fail;
+	op->mi = mi;
+	op->kind = OP_SIGN;
+	op->out_len = out_len;
+	op->in_max = OP_MAX_INPUT;
+	if (mi->type == CKM_RSA_PKCS)
+		op->in_max = out_len > 11 ? out_len - 11 : 0;
+	/* Hash-and-sign streams to the device (or into our hash); the rest
+	 * is one input. */
+	op->path = !mi->digest ? PATH_REMOTE_BUF : host_hash ? PATH_REMOTE_HASH : PATH_REMOTE_STREAM;
+	op->lazy_md = mi->digest ? md_get(mi->digest) : NULL;
+	op->remote = *remote;
+	*out = op;
+	return CKR_OK;
+fail:
+	/* The device's operation is ours to end. */
+	if (remote && remote->free)
+		remote->free(remote->ctx);
+	return rv;
+}
+
+bool crypto_op_remote(const struct crypto_op *op)
+{
+	return op && (op->path == PATH_REMOTE_STREAM || op->path == PATH_REMOTE_BUF || op->path == PATH_REMOTE_HASH);
+}
+
+CK_RV crypto_op_login(struct crypto_op *op, const CK_UTF8CHAR *pin, CK_ULONG len)
+{
+	if (!crypto_op_remote(op))
+		return CKR_FUNCTION_NOT_SUPPORTED;
+	return op->remote.login(op->remote.ctx, pin, len);
+}
+
 void crypto_op_free(struct crypto_op *op)
 {
 	if (!op)
 		return;
+	if (crypto_op_remote(op))
+		op->remote.free(op->remote.ctx);
 	EVP_MD_CTX_free(op->mctx);
 	EVP_PKEY_CTX_free(op->pctx);
 	EVP_PKEY_free(op->lazy_key);
@@ -1576,9 +1662,31 @@ CK_RV crypto_op_update(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len)
 		break;
 	case PATH_MSG_SIGN:
 	case PATH_RAW_SIGN:
+	case PATH_REMOTE_BUF:
 		rv = op_buffer(op, data, len);
 		if (rv != CKR_OK)
 			goto out;
+		break;
+	case PATH_REMOTE_HASH:
+		if (!op->mctx) {
+			rv = CKR_HOST_MEMORY;
+			op->mctx = EVP_MD_CTX_new();
+			if (!op->mctx)
+				goto out;
+			if (!EVP_DigestInit_ex2(op->mctx, op->lazy_md, NULL)) {
+				rv = ossl_fail("EVP_DigestInit_ex2");
+				goto out;
+			}
+		}
+		r = EVP_DigestUpdate(op->mctx, data, len);
+		break;
+	case PATH_REMOTE_STREAM:
+		rv = op->remote.update(op->remote.ctx, data, len);
+		if (rv != CKR_OK) {
+			/* The device ended its operation; so do we. */
+			op->done = true;
+			goto out;
+		}
 		break;
 	}
 	if (r <= 0) {
@@ -1646,10 +1754,33 @@ static size_t ecdsa_raw_to_der(const CK_BYTE *raw, size_t n, CK_BYTE *out)
 	return hdr + total;
 }
 
+/* A device signs a hash we computed: as PKCS#1 v1.5 DigestInfo for the
+ * RSA PKCS mechanisms, as it is for ECDSA and PSS. */
+static CK_RV remote_sign_hash(struct crypto_op *op, const unsigned char *h, size_t hl, CK_BYTE *out)
+{
+	CK_BYTE in[CRYPTO_DIGEST_INFO_PREFIX + EVP_MAX_MD_SIZE];
+	size_t n = 0, want = 0;
+	const CK_BYTE *info = crypto_digest_info(op->mi->digest, &want);
+	if (op->mi->key_type == CKK_RSA && !is_pss(op->mi->type)) {
+		if (!info || want != hl)
+			return CKR_MECHANISM_INVALID;
+		memcpy(in, info, CRYPTO_DIGEST_INFO_PREFIX);
+		n = CRYPTO_DIGEST_INFO_PREFIX;
+	}
+	memcpy(in + n, h, hl);
+	n += hl;
+	CK_ULONG sl = op->out_len;
+	CK_RV rv = op->remote.final(op->remote.ctx, in, n, true, out, &sl);
+	if (rv == CKR_OK && sl != op->out_len)
+		rv = CKR_DEVICE_ERROR;
+	kt_wipe(in, sizeof(in));
+	return rv;
+}
+
 /* Length checks of the raw paths' input (the hash the caller computed). */
 static CK_RV op_check_input(const struct crypto_op *op, size_t len)
 {
-	if (op->path != PATH_RAW_SIGN && op->path != PATH_MSG_SIGN)
+	if (op->path != PATH_RAW_SIGN && op->path != PATH_MSG_SIGN && op->path != PATH_REMOTE_BUF)
 		return CKR_OK;
 	if (len > op->in_max || (op->in_exact && len != op->in_exact))
 		return CKR_DATA_LEN_RANGE;
@@ -1669,7 +1800,8 @@ static CK_RV op_produce(struct crypto_op *op, const CK_BYTE *data, size_t len, C
 	unsigned int md_len;
 	int r = 0;
 
-	if (!data && op->path != PATH_DIGEST && op->path != PATH_HASH_SIGN) {
+	if (!data && op->path != PATH_DIGEST && op->path != PATH_HASH_SIGN && op->path != PATH_REMOTE_STREAM &&
+	    op->path != PATH_REMOTE_HASH) {
 		data = op->buf ? op->buf : empty_input;
 		len = op->buf_len;
 	}
@@ -1678,6 +1810,24 @@ static CK_RV op_produce(struct crypto_op *op, const CK_BYTE *data, size_t len, C
 		rv = op_materialize(op);
 	if (rv != CKR_OK)
 		goto out;
+	if (op->path == PATH_REMOTE_HASH) {
+		unsigned char h[EVP_MAX_MD_SIZE];
+		unsigned int hl = 0;
+		r = data || !op->mctx ? EVP_Digest(data ? data : empty_input, data ? len : 0, h, &hl, op->lazy_md, NULL)
+				      : EVP_DigestFinal_ex(op->mctx, h, &hl);
+		rv = r ? remote_sign_hash(op, h, hl, out) : ossl_fail("digest");
+		kt_wipe(h, sizeof(h));
+		goto out;
+	}
+	if (op->path == PATH_REMOTE_STREAM || op->path == PATH_REMOTE_BUF) {
+		CK_ULONG n = op->out_len;
+		rv = op->remote.final(op->remote.ctx, data, len, data != NULL, out, &n);
+		/* Every mechanism here has one signature length; a device
+		 * that disagrees has not made the signature we announced. */
+		if (rv == CKR_OK && n != op->out_len)
+			rv = CKR_DEVICE_ERROR;
+		goto out;
+	}
 	switch (op->path) {
 	case PATH_DIGEST:
 		r = (!data || EVP_DigestUpdate(op->mctx, data, len)) &&
@@ -1692,6 +1842,8 @@ static CK_RV op_produce(struct crypto_op *op, const CK_BYTE *data, size_t len, C
 		break;
 	case PATH_RAW_SIGN:
 		r = EVP_PKEY_sign(op->pctx, sig, &sig_len, data, len);
+		break;
+	default:
 		break;
 	}
 	if (r <= 0) {
@@ -1805,6 +1957,8 @@ const CK_BYTE *crypto_digest_info(const char *md, size_t *hash_len)
 
 bool crypto_op_prehashable(const struct crypto_op *op)
 {
+	if (op->path == PATH_REMOTE_HASH)
+		return prehash_capable(op->mi) && !op->mctx && !op->started && !op->done;
 	return op->lazy_key && !op->mctx && !op->started && !op->done;
 }
 
@@ -1825,6 +1979,12 @@ CK_RV crypto_op_sign_sha256(struct crypto_op *op, const unsigned char digest[32]
 	if (!crypto_op_prehashable(op))
 		return CKR_OPERATION_NOT_INITIALIZED;
 	op->done = true;
+	if (op->path == PATH_REMOTE_HASH) {
+		rv = remote_sign_hash(op, digest, 32, out);
+		if (rv == CKR_OK)
+			*out_len = op->out_len;
+		return rv;
+	}
 	if (op->mi->type == CKM_SHA256_RSA_PKCS) {
 		memcpy(in, info, CRYPTO_DIGEST_INFO_PREFIX);
 		memcpy(in + CRYPTO_DIGEST_INFO_PREFIX, digest, 32);
@@ -1899,6 +2059,10 @@ CK_RV crypto_op_verify(struct crypto_op *op, const CK_BYTE *data, CK_ULONG len, 
 		r = EVP_PKEY_verify(op->pctx, s, s_len, data, len);
 		break;
 	case PATH_DIGEST:
+	case PATH_REMOTE_STREAM:
+	case PATH_REMOTE_BUF:
+	case PATH_REMOTE_HASH:
+		/* Not verify operations (op->kind said so above). */
 		break;
 	}
 	/* 0 is a wrong signature, < 0 one OpenSSL could not even parse: both

@@ -85,6 +85,10 @@ CK_RV crypto_public_from_spki(const CK_BYTE *der, CK_ULONG len, struct attrs *a)
  * it); EC private keys load with their derived public point. */
 CK_RV crypto_load_pkey(CK_OBJECT_CLASS cls, const struct attrs *a, EVP_PKEY **out);
 
+/* Set CKA_PUBLIC_KEY_INFO in dst from the public-key attributes of `pub`
+ * (a public key object, or an RSA private key's modulus and exponent). */
+CK_RV crypto_set_public_key_info(const struct attrs *pub, struct attrs *dst);
+
 /* Size in bits of a key object (RSA modulus, EC order, 8*AES length), 0 if unknown. */
 CK_ULONG crypto_key_bits(CK_OBJECT_CLASS cls, const struct attrs *a);
 
@@ -99,6 +103,33 @@ struct crypto_op;
 CK_RV crypto_sign_init(const struct mech_info *mi, const CK_MECHANISM *m, EVP_PKEY *key,
 		       bool sign, struct crypto_op **out);
 CK_RV crypto_digest_init(const struct mech_info *mi, struct crypto_op **out);
+
+/* A signature made elsewhere (a device, tokens/pkcs11): the op checks
+ * mechanism, parameters, input lengths and output buffers as for a key of
+ * its own, and hands the data to these.  `final` gets the whole input when
+ * `oneshot`, else ends what `update` streamed. */
+struct crypto_remote {
+	CK_RV (*update)(void *ctx, const CK_BYTE *data, CK_ULONG len);
+	CK_RV (*final)(void *ctx, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE *out,
+		       CK_ULONG *out_len);
+	CK_RV (*login)(void *ctx, const CK_UTF8CHAR *pin, CK_ULONG len);
+	void (*free)(void *ctx);
+	void *ctx;
+};
+/* `key` is the private key object's attributes (CKA_KEY_TYPE and what
+ * gives its size: CKA_MODULUS, CKA_EC_PARAMS).  With host_hash the module
+ * hashes and the device signs the hash (`remote` was started with
+ * crypto_sign_hash_counterpart's mechanism).  The op owns `remote` from
+ * here on, also when this fails. */
+CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key,
+			      const struct crypto_remote *remote, bool host_hash, struct crypto_op **out);
+/* The mechanism that signs a hash-and-sign mechanism's hash (CKM_ECDSA,
+ * CKM_RSA_PKCS, CKM_RSA_PKCS_PSS with the same parameters), for devices
+ * that sign hashes only (host_hash above); CKM_VENDOR_DEFINED if none. */
+CK_MECHANISM_TYPE crypto_sign_hash_counterpart(const struct mech_info *mi);
+bool crypto_op_remote(const struct crypto_op *op);
+/* CKU_CONTEXT_SPECIFIC for a remote op: the device checks the PIN. */
+CK_RV crypto_op_login(struct crypto_op *op, const CK_UTF8CHAR *pin, CK_ULONG len);
 void crypto_op_free(struct crypto_op *op);
 
 /* Exact output length: the signature size (RSA modulus bytes, 2*order bytes

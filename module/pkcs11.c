@@ -96,21 +96,29 @@ static void leave(void)
 
 /* Every session-based call starts here: the session comes back locked;
  * end() gives it back. */
+static void end(struct session *s)
+{
+	session_put(s);
+	leave();
+}
+
 static CK_RV begin(CK_SESSION_HANDLE h, struct session **s)
 {
 	CK_RV rv = enter();
 	if (rv != CKR_OK)
 		return rv;
 	rv = session_get(h, s);
-	if (rv != CKR_OK)
+	if (rv != CKR_OK) {
 		leave();
-	return rv;
-}
-
-static void end(struct session *s)
-{
-	session_put(s);
-	leave();
+		return rv;
+	}
+	/* A device pulled out took its sessions with it: only
+	 * C_CloseSession still knows the handle. */
+	if ((*s)->insertion != __atomic_load_n(&(*s)->token->insertion, __ATOMIC_ACQUIRE)) {
+		end(*s);
+		return CKR_DEVICE_REMOVED;
+	}
+	return CKR_OK;
 }
 
 /* --- state predicates (style.md 3): one per kind of need ----------------- */
@@ -380,9 +388,14 @@ static CK_RV kt_GetSlotInfo_entered(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
 	memset(pInfo, 0, sizeof(*pInfo));
 	token_lock(t);
 	kt_pad(pInfo->slotDescription, sizeof(pInfo->slotDescription),
-	       t->path ? "koltamga file token" : "koltamga new token");
+	       token_is_device(t) ? "koltamga device token" : t->path ? "koltamga file token" : "koltamga new token");
 	kt_pad(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), "koltamga");
-	pInfo->flags = token_present(t) ? CKF_TOKEN_PRESENT : 0;
+	if (token_is_device(t)) {
+		/* Asking about the slot is asking whether the device is in. */
+		token_refresh_state(t);
+		pInfo->flags = CKF_REMOVABLE_DEVICE | CKF_HW_SLOT;
+	}
+	pInfo->flags |= token_present(t) ? CKF_TOKEN_PRESENT : 0;
 	token_unlock(t);
 	pInfo->hardwareVersion.major = LIBRARY_VERSION_MAJOR;
 	pInfo->hardwareVersion.minor = LIBRARY_VERSION_MINOR;
@@ -435,6 +448,19 @@ static CK_RV kt_GetTokenInfo_entered(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 		goto out;
 	const struct token_state *st = &t->state;
 	const struct config *c = slot_config();
+	if (st->device) {
+		/* The device's own: label, serial, PIN rules and counters,
+		 * protected authentication path.  Sessions are ours to
+		 * count; random numbers come from the module; every key
+		 * needs a login to sign, whatever the device says. */
+		*pInfo = st->info;
+		pInfo->flags |= CKF_RNG | CKF_LOGIN_REQUIRED;
+		pInfo->ulSessionCount = t->sessions;
+		pInfo->ulRwSessionCount = t->rw_sessions;
+		pInfo->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+		pInfo->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+		goto out;
+	}
 	memset(pInfo, 0, sizeof(*pInfo));
 	kt_pad(pInfo->label, sizeof(pInfo->label), st->initialized ? st->label : "");
 	kt_pad(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), "koltamga");
@@ -633,9 +659,14 @@ static CK_RV kt_OpenSession_entered(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_P
 	if (!t)
 		return CKR_SLOT_ID_INVALID;
 	token_lock(t);
+	if (token_is_device(t)) {
+		rv = token_sync(t);
+		if (rv == CKR_DEVICE_REMOVED)
+			rv = token_refresh_state(t) == CKR_OK ? CKR_OK : CKR_TOKEN_NOT_PRESENT;
+	}
 	/* An unreadable store and a token not yet initialised both lack a
 	 * token this library can open a session on. */
-	if (!t->recognized || !t->state.initialized)
+	if (rv == CKR_OK && (!t->recognized || !t->state.initialized))
 		rv = CKR_TOKEN_NOT_RECOGNIZED;
 	token_unlock(t);
 	if (rv != CKR_OK)
@@ -740,6 +771,13 @@ static CK_RV login_context(struct session *s, CK_UTF8CHAR_PTR pin, CK_ULONG len)
 		return CKR_OPERATION_NOT_INITIALIZED;
 	if (t->login != CKU_USER)
 		return CKR_USER_NOT_LOGGED_IN;
+	if (crypto_op_remote(s->crypto.op)) {
+		/* The device checks it, for its operation. */
+		CK_RV rv = crypto_op_login(s->crypto.op, pin, len);
+		if (rv == CKR_OK)
+			s->crypto.context_logged_in = true;
+		return rv;
+	}
 	if (!pin_len_plausible(len))
 		return CKR_PIN_INCORRECT;
 	CK_RV rv = token_check_pin(t, CKU_USER, pin, len);
@@ -756,11 +794,14 @@ static CK_RV kt_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8
 		return rv;
 	struct token *t = s->token;
 	token_lock(t);
+	bool pinpad = t->state.device && (t->state.info.flags & CKF_PROTECTED_AUTHENTICATION_PATH);
 	if (userType != CKU_USER && userType != CKU_SO && userType != CKU_CONTEXT_SPECIFIC)
 		rv = CKR_USER_TYPE_INVALID;
-	else if (!pPin)
-		/* No protected authentication path on this token. */
+	else if (!pPin && !pinpad)
+		/* Only a device with its own PIN pad takes no PIN here. */
 		rv = CKR_ARGUMENTS_BAD;
+	else if (token_is_device(t) && (rv = token_sync(t)) != CKR_OK)
+		; /* keep rv: the device is gone */
 	else if (userType == CKU_CONTEXT_SPECIFIC)
 		rv = login_context(s, pPin, ulPinLen);
 	else if (t->login == userType)
@@ -769,10 +810,10 @@ static CK_RV kt_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8
 		rv = CKR_USER_ANOTHER_ALREADY_LOGGED_IN;
 	else if (userType == CKU_SO && t->sessions > t->rw_sessions)
 		rv = CKR_SESSION_READ_ONLY_EXISTS;
-	else if (!pin_len_plausible(ulPinLen))
+	else if (pPin && !pin_len_plausible(ulPinLen))
 		rv = CKR_PIN_INCORRECT;
 	else
-		rv = token_login(t, userType, pPin, ulPinLen);
+		rv = token_login(t, userType, pPin, pPin ? ulPinLen : 0);
 	token_unlock(t);
 	end(s);
 	kt_debug(KT_DBG_SESSION, "C_Login(%lu) = %s", userType, kt_rv_name(rv));
@@ -1735,6 +1776,9 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 	struct session *s;
 	const struct mech_info *mi = NULL;
 	EVP_PKEY *pkey = NULL;
+	struct crypto_remote remote;
+	bool have_remote = false, host_hash = false;
+	struct attrs *remote_attrs = NULL;
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
@@ -1771,6 +1815,12 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 		rv = CKR_USER_NOT_LOGGED_IN;
 	} else if (sign && (rv = key_usable(t, key)) != CKR_OK) {
 		/* keep rv */
+	} else if (sign && token_is_device(t) && key->owner == 0) {
+		/* The device signs; the module checks and accounts. */
+		remote_attrs = attrs_dup(key->attrs);
+		rv = remote_attrs ? token_sign_remote(t, key, m, mi, &remote, &host_hash) : CKR_HOST_MEMORY;
+		if (rv == CKR_OK)
+			have_remote = true;
 	} else {
 		rv = token_object_pkey(t, key, &pkey);
 	}
@@ -1789,8 +1839,18 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 		}
 	}
 	token_unlock(t);
-	if (rv == CKR_OK)
+	if (have_remote) {
+		/* The op owns the device's operation from here, whatever
+		 * happens. */
+		have_remote = false;
+		if (rv == CKR_OK)
+			rv = crypto_sign_init_remote(mi, m, remote_attrs, &remote, host_hash, &s->crypto.op);
+		else
+			remote.free(remote.ctx);
+	} else if (rv == CKR_OK) {
 		rv = crypto_sign_init(mi, m, pkey, sign, &s->crypto.op);
+	}
+	attrs_free(remote_attrs);
 	if (rv != CKR_OK) {
 		session_end_crypto(s);
 		goto out;
@@ -1999,6 +2059,14 @@ static CK_RV kt_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 	rv = object_build(a, ORIGIN_GENERATE, CKO_SECRET_KEY, generated_key_type(mi->type), mi->type, &who);
 	if (rv == CKR_OK)
 		rv = may_write_object(s, object_is_token(a), object_is_private(a));
+	if (rv == CKR_OK && token_is_device(s->token) && object_is_token(a)) {
+		rv = token_sync(s->token);
+		if (rv == CKR_OK)
+			rv = token_generate_remote(s->token, s->handle, pMechanism, NULL, a, NULL, phKey);
+		a = NULL;
+		token_unlock(s->token);
+		goto out;
+	}
 	if (rv == CKR_OK)
 		rv = crypto_generate_key(pMechanism, a);
 	if (rv == CKR_OK)
@@ -2051,6 +2119,15 @@ static CK_RV kt_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMe
 		rv = may_write_object(s, object_is_token(pub), object_is_private(pub));
 	if (rv == CKR_OK)
 		rv = may_write_object(s, object_is_token(priv), object_is_private(priv));
+	if (rv == CKR_OK && token_is_device(t) && object_is_token(priv)) {
+		/* Made on the device, never seen by the module. */
+		rv = token_sync(t);
+		if (rv == CKR_OK)
+			rv = token_generate_remote(t, s->handle, pMechanism, pub, priv, phPublicKey, phPrivateKey);
+		pub = priv = NULL;
+		token_unlock(t);
+		goto out;
+	}
 	if (rv == CKR_OK)
 		rv = crypto_generate_key_pair(pMechanism, pub, priv);
 	if (rv == CKR_OK)

@@ -109,6 +109,7 @@ CK_RV session_open(struct token *t, CK_FLAGS flags, CK_SESSION_HANDLE *out)
 	pthread_mutex_init(&s->lock, NULL);
 	s->refs = 1;
 	s->token = t;
+	s->insertion = __atomic_load_n(&t->insertion, __ATOMIC_ACQUIRE);
 	s->flags = flags;
 
 	pthread_rwlock_wrlock(&table_lock);

@@ -69,6 +69,7 @@ struct find_state {
 struct session {
 	CK_SESSION_HANDLE handle;
 	struct token *token;
+	unsigned long insertion; /* the token's device insertion it was opened on */
 	CK_FLAGS flags;
 	pthread_mutex_t lock;
 	/* Held by the table and by every call that found the session; the

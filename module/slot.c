@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/x509.h>
+
 #include "crypto.h"
 #include "log.h"
 #include "object.h"
@@ -184,15 +186,52 @@ static CK_RV load_cb(void *ctx, uint64_t id, struct attrs *attrs, bool complete)
 	return object_insert(t, (CK_OBJECT_HANDLE)id, 0, attrs, complete);
 }
 
+/* A device's private key whose CKA_PUBLIC_KEY_INFO the device did not
+ * give gets it from its own public half (RSA) or from the public key
+ * with the same CKA_ID: the module binds keys to certificates by it. */
+static void device_public_key_info(struct token *t)
+{
+	for (size_t b = 0; b < t->buckets; b++) {
+		for (struct object *o = t->by_handle[b]; o; o = o->next_handle) {
+			CK_ULONG kt;
+			if (o->cls != CKO_PRIVATE_KEY || o->owner != 0 || attrs_has(o->attrs, CKA_PUBLIC_KEY_INFO) ||
+			    !attrs_get_ulong(o->attrs, CKA_KEY_TYPE, &kt))
+				continue;
+			if (kt == CKK_RSA) {
+				crypto_set_public_key_info(o->attrs, o->attrs);
+				continue;
+			}
+			const CK_ATTRIBUTE *id = attrs_get(o->attrs, CKA_ID);
+			if (!id || !id->ulValueLen)
+				continue;
+			uint64_t hv = hash_bytes(id->pValue, id->ulValueLen);
+			for (struct object *p = t->by_id[hv & (t->buckets - 1)]; p; p = p->next_id) {
+				CK_ULONG pkt;
+				if (p->cls == CKO_PUBLIC_KEY && attrs_match(p->attrs, id) &&
+				    attrs_get_ulong(p->attrs, CKA_KEY_TYPE, &pkt) && pkt == kt &&
+				    crypto_set_public_key_info(p->attrs, o->attrs) == CKR_OK)
+					break;
+			}
+		}
+	}
+}
+
 static CK_RV token_reload(struct token *t)
 {
 	objects_drop(t, true, false);
-	if (!t->store)
+	if (!t->store || t->absent)
 		return CKR_OK;
 	CK_RV rv = t->ops->load(t->store, t->key, load_cb, t);
 	if (rv != CKR_OK)
 		kt_log("%s: cannot load objects: %s", t->path, kt_rv_name(rv));
+	else if (token_is_device(t))
+		device_public_key_info(t);
 	return rv;
+}
+
+bool token_is_device(const struct token *t)
+{
+	return t->ops->attach != NULL;
 }
 
 /* --- tokens and the slot table ------------------------------------------ */
@@ -357,6 +396,17 @@ CK_RV slot_table_init(const struct config *cfg)
 			return CKR_HOST_MEMORY;
 		}
 		t->policy = cfg->tokens[i].policy;
+		if (token_is_device(t)) {
+			/* An absent device still gets its slot; a module
+			 * that does not load is a configuration error. */
+			CK_RV rv = t->ops->attach(&cfg->tokens[i], &t->store);
+			if (rv != CKR_OK)
+				return CKR_GENERAL_ERROR;
+			t->recognized = true;
+			if (token_refresh_state(t) == CKR_OK)
+				token_reload(t);
+			continue;
+		}
 		/* A named token whose file does not exist yet is created
 		 * uninitialised, so C_InitToken can set it up. */
 		if (access(t->path, F_OK) != 0 && errno == ENOENT) {
@@ -398,6 +448,7 @@ void slot_table_abandon(void)
 	 * parent's state for this child's leak. */
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
 	table_lock = fresh;
+	pkcs11_token_abandon();
 	abandoned = slots;
 	slots = NULL;
 	n_slots = 0;
@@ -456,17 +507,63 @@ void token_unlock(struct token *t)
 	pthread_mutex_unlock(&t->lock);
 }
 
+/* The device this token's objects, login and sessions came from is gone
+ * (pulled out, or pulled and put back): so are they. */
+static void device_gone(struct token *t)
+{
+	if (t->key)
+		t->ops->key_free(t->key);
+	t->key = NULL;
+	t->login = USER_NONE;
+	__atomic_add_fetch(&t->login_epoch, 1, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(&t->insertion, 1, __ATOMIC_SEQ_CST);
+	objects_drop(t, true, false);
+	objects_drop(t, false, false);
+}
+
+/* state() of a device: notice it going and coming back. */
+static CK_RV device_refresh_state(struct token *t)
+{
+	struct token_state st;
+	CK_RV rv = t->ops->state(t->store, &st);
+	if (rv == CKR_TOKEN_NOT_PRESENT) {
+		if (!t->absent) {
+			kt_log("%s: device removed", t->path);
+			device_gone(t);
+			t->absent = true;
+		}
+		return rv;
+	}
+	if (rv != CKR_OK)
+		return rv;
+	bool back = t->absent || (t->generation && st.generation != t->generation);
+	t->state = st;
+	t->generation = st.generation;
+	if (back) {
+		kt_log("%s: device present again", t->path);
+		if (!t->absent)
+			device_gone(t);
+		t->absent = false;
+		token_reload(t);
+	}
+	return CKR_OK;
+}
+
 CK_RV token_refresh_state(struct token *t)
 {
 	if (!t->store) {
 		memset(&t->state, 0, sizeof(t->state));
 		return CKR_OK;
 	}
+	if (token_is_device(t))
+		return device_refresh_state(t);
 	return t->ops->state(t->store, &t->state);
 }
 
 bool token_present(const struct token *t)
 {
+	if (token_is_device(t))
+		return !__atomic_load_n(&t->absent, __ATOMIC_ACQUIRE);
 	return t->store != NULL || !t->recognized;
 }
 
@@ -474,6 +571,18 @@ CK_RV token_sync(struct token *t)
 {
 	if (!t->store)
 		return t->recognized || !t->path ? CKR_OK : CKR_TOKEN_NOT_RECOGNIZED;
+	if (token_is_device(t)) {
+		if (t->ops->changed(t->store)) {
+			unsigned long before = t->insertion;
+			CK_RV rv = token_refresh_state(t);
+			/* Whatever the caller had from before is gone. */
+			if (rv == CKR_TOKEN_NOT_PRESENT || t->insertion != before)
+				return CKR_DEVICE_REMOVED;
+			if (rv != CKR_OK)
+				return rv;
+		}
+		return t->absent ? CKR_DEVICE_REMOVED : CKR_OK;
+	}
 	if (!t->ops->changed(t->store))
 		return CKR_OK;
 	kt_debug(KT_DBG_TOKEN, "%s changed by another process: reloading", t->path);
@@ -610,6 +719,8 @@ CK_RV token_login(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_
 
 void token_logout(struct token *t)
 {
+	if (t->ops->logout && t->login != USER_NONE)
+		t->ops->logout(t->store);
 	if (t->key)
 		t->ops->key_free(t->key);
 	t->key = NULL;
@@ -667,6 +778,14 @@ CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *a
 		}
 		h = (CK_OBJECT_HANDLE)id;
 		owner = 0;
+		if (t->ops->object_read) {
+			/* The device's defaults are what the object has. */
+			struct attrs *now = NULL;
+			if (t->ops->object_read(t->store, id, &now) == CKR_OK) {
+				attrs_free(attrs);
+				attrs = now;
+			}
+		}
 	} else {
 		if (t->next_session_handle == 0)
 			t->next_session_handle = SESSION_HANDLE_BASE;
@@ -685,6 +804,11 @@ CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attr
 		if (rv != CKR_OK) {
 			attrs_free(attrs);
 			return rv;
+		}
+		struct attrs *now = NULL;
+		if (t->ops->object_read && t->ops->object_read(t->store, o->handle, &now) == CKR_OK) {
+			attrs_free(attrs);
+			attrs = now;
 		}
 	}
 	index_unlink(t, o);
@@ -791,6 +915,15 @@ CK_RV token_find(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG count, CK_O
 
 CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out)
 {
+	if (!o->pkey && token_is_device(t) && o->owner == 0 && o->cls == CKO_PRIVATE_KEY) {
+		/* The device keeps the private half; verifying with a private
+		 * key object needs only the public one. */
+		const CK_ATTRIBUTE *spki = attrs_get(o->attrs, CKA_PUBLIC_KEY_INFO);
+		const unsigned char *p = spki ? spki->pValue : NULL;
+		o->pkey = p ? d2i_PUBKEY(NULL, &p, (long)spki->ulValueLen) : NULL;
+		if (!o->pkey)
+			return CKR_KEY_TYPE_INCONSISTENT;
+	}
 	if (!o->pkey) {
 		if (!o->complete)
 			return CKR_USER_NOT_LOGGED_IN;
@@ -818,4 +951,111 @@ void token_key_certificates(struct token *t, const struct object *key, token_cer
 		bool matches = spki && cert_spki && attrs_match(o->attrs, spki);
 		cb(ctx, o, matches);
 	}
+}
+
+/* --- device keys ----------------------------------------------------------- */
+
+struct remote_ctx {
+	const struct token_ops *ops;
+	struct token_op *op;
+};
+
+static CK_RV remote_update(void *ctx, const CK_BYTE *data, CK_ULONG len)
+{
+	struct remote_ctx *r = ctx;
+	return r->ops->op_update(r->op, data, len);
+}
+
+static CK_RV remote_final(void *ctx, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE *out,
+			  CK_ULONG *out_len)
+{
+	struct remote_ctx *r = ctx;
+	return r->ops->op_final(r->op, data, len, oneshot, out, out_len);
+}
+
+static CK_RV remote_login(void *ctx, const CK_UTF8CHAR *pin, CK_ULONG len)
+{
+	struct remote_ctx *r = ctx;
+	return r->ops->op_login(r->op, pin, len);
+}
+
+static void remote_free(void *ctx)
+{
+	struct remote_ctx *r = ctx;
+	r->ops->op_free(r->op);
+	free(r);
+}
+
+CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECHANISM *m,
+			const struct mech_info *mi, struct crypto_remote *out, bool *host_hash)
+{
+	/* A session key on a device token lives in the module, like any
+	 * session object; only the device's own keys sign there. */
+	if (!token_is_device(t) || key->owner != 0)
+		return CKR_FUNCTION_NOT_SUPPORTED;
+	struct remote_ctx *r = calloc(1, sizeof(*r));
+	if (!r)
+		return CKR_HOST_MEMORY;
+	r->ops = t->ops;
+	/* Smart cards often sign hashes only (their modules hash on the
+	 * host): then so do we, with the hash the audit needs anyway. */
+	CK_MECHANISM dm = *m;
+	*host_hash = false;
+	CK_MECHANISM_TYPE raw = crypto_sign_hash_counterpart(mi);
+	if (!t->ops->has_mechanism(t->store, m->mechanism) && raw != CKM_VENDOR_DEFINED &&
+	    t->ops->has_mechanism(t->store, raw)) {
+		dm.mechanism = raw;
+		if (raw != CKM_RSA_PKCS_PSS) {
+			dm.pParameter = NULL;
+			dm.ulParameterLen = 0;
+		}
+		*host_hash = true;
+	}
+	CK_RV rv = t->ops->sign_init(t->store, key->handle, &dm, &r->op);
+	if (rv != CKR_OK) {
+		free(r);
+		return rv;
+	}
+	*out = (struct crypto_remote){ remote_update, remote_final, remote_login, remote_free, r };
+	return CKR_OK;
+}
+
+CK_RV token_generate_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_MECHANISM *m, struct attrs *pub,
+			    struct attrs *priv, CK_OBJECT_HANDLE *pub_handle, CK_OBJECT_HANDLE *priv_handle)
+{
+	uint64_t pub_id = 0, priv_id = 0;
+	struct attrs *pub_now = NULL, *priv_now = NULL;
+	CK_RV rv = t->ops->generate(t->store, m, pub, priv, &pub_id, &pub_now, &priv_id, &priv_now);
+	attrs_free(pub);
+	attrs_free(priv);
+	if (rv != CKR_OK)
+		return rv;
+	if (priv_id == 0 || priv_id >= SESSION_HANDLE_BASE ||
+	    (pub_now && (pub_id == 0 || pub_id >= SESSION_HANDLE_BASE))) {
+		attrs_free(pub_now);
+		attrs_free(priv_now);
+		return CKR_DEVICE_ERROR;
+	}
+	rv = object_insert(t, (CK_OBJECT_HANDLE)priv_id, 0, priv_now, true);
+	if (rv == CKR_OK && pub_now && !object_is_token(pub_now)) {
+		/* A session public key: public data, kept by the module like
+		 * any session object, so it goes with the session. */
+		t->ops->object_delete(t->store, pub_id);
+		if (t->next_session_handle == 0)
+			t->next_session_handle = SESSION_HANDLE_BASE;
+		pub_id = t->next_session_handle++;
+		rv = object_insert(t, (CK_OBJECT_HANDLE)pub_id, owner, pub_now, true);
+		pub_now = NULL;
+	} else if (rv == CKR_OK && pub_now) {
+		rv = object_insert(t, (CK_OBJECT_HANDLE)pub_id, 0, pub_now, true);
+		pub_now = NULL;
+	}
+	attrs_free(pub_now);
+	if (rv != CKR_OK)
+		return rv;
+	if (pub_handle)
+		*pub_handle = (CK_OBJECT_HANDLE)pub_id;
+	*priv_handle = (CK_OBJECT_HANDLE)priv_id;
+	device_public_key_info(t);
+	return CKR_OK;
 }

@@ -21,6 +21,7 @@
 #include "common.h"
 #include "attrs.h"
 #include "config.h"
+#include "crypto.h"
 #include "token.h"
 
 #define USER_NONE ((CK_USER_TYPE)-1)
@@ -50,6 +51,12 @@ struct token {
 	struct token_store *store; /* NULL: empty slot, or unrecognised store */
 	bool recognized;
 	struct token_state state; /* cached by token_refresh_state */
+	/* Devices (tokens/pkcs11): not there now; the device generation the
+	 * objects and login are from; bumped each time the device goes, so
+	 * sessions opened before know they are gone (CKR_DEVICE_REMOVED). */
+	bool absent;
+	unsigned long generation;
+	volatile unsigned long insertion;
 
 	CK_USER_TYPE login; /* USER_NONE, CKU_USER or CKU_SO */
 	struct token_key *key;
@@ -116,5 +123,17 @@ void token_key_certificates(struct token *t, const struct object *key, token_cer
 
 /* The EVP_PKEY of a key object, built once and cached; a new reference. */
 CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out);
+
+/* Is this a device token, whose keys the module never holds? */
+bool token_is_device(const struct token *t);
+/* A device's private key starts signing with `m` on the device; for a
+ * device that only signs hashes, *host_hash says the module hashes. */
+CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECHANISM *m,
+			const struct mech_info *mi, struct crypto_remote *out, bool *host_hash);
+/* Generate a key (pub == NULL) or key pair on a device, the private or
+ * secret key a token object (a session public key is kept by the module
+ * for `owner`); the attribute sets are taken (also on failure). */
+CK_RV token_generate_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_MECHANISM *m, struct attrs *pub,
+			    struct attrs *priv, CK_OBJECT_HANDLE *pub_handle, CK_OBJECT_HANDLE *priv_handle);
 
 #endif

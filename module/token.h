@@ -16,6 +16,8 @@
 
 struct token_store; /* a driver's open token */
 struct token_key;   /* the unlocked secret that unseals private data */
+struct token_op;    /* a device driver's private-key operation under way */
+struct config_token;
 
 /* Parameters fixed when a token is (re)initialised. */
 struct token_params {
@@ -34,6 +36,13 @@ struct token_state {
 	CK_ULONG so_fails;
 	CK_ULONG max_tries;
 	struct token_params params;
+	/* Device drivers (tokens/pkcs11): the device's own token information,
+	 * passed through to C_GetTokenInfo (PIN counter flags, protected
+	 * authentication path, manufacturer); `generation` changes whenever
+	 * the device was found again after it went away. */
+	bool device;
+	CK_TOKEN_INFO info;
+	unsigned long generation;
 };
 
 /* Called once per object by `load`; the callback takes ownership of attrs.
@@ -86,11 +95,48 @@ struct token_ops {
 	CK_RV (*object_update)(struct token_store *t, const struct token_key *key, uint64_t id,
 			       const struct attrs *attrs);
 	CK_RV (*object_delete)(struct token_store *t, uint64_t id);
+
+	/*
+	 * Device drivers only (NULL for a store whose keys the module holds):
+	 * the keys stay on a device and every private-key operation happens
+	 * there.  `attach` replaces `open`: it finds the configured device,
+	 * and a device that is absent still gives a store (state() then
+	 * answers CKR_TOKEN_NOT_PRESENT until it comes back).  A device's
+	 * login state is the device's: `logout` ends it.
+	 */
+	CK_RV (*attach)(const struct config_token *ct, struct token_store **out);
+	void (*logout)(struct token_store *t);
+	/* C_SignInit on the device with its key `id`; then the operation
+	 * takes data (update), ends with the signature (final: `data` is
+	 * the whole input when `oneshot`), or re-authenticates
+	 * (CKU_CONTEXT_SPECIFIC).  op_free of an unfinished operation makes
+	 * sure no signature can come out of it. */
+	CK_RV (*sign_init)(struct token_store *t, uint64_t id, const CK_MECHANISM *m, struct token_op **op);
+	/* Does the device sign with this mechanism (CKF_SIGN)? */
+	bool (*has_mechanism)(struct token_store *t, CK_MECHANISM_TYPE type);
+	CK_RV (*op_update)(struct token_op *op, const CK_BYTE *data, CK_ULONG len);
+	CK_RV (*op_final)(struct token_op *op, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE *out,
+			  CK_ULONG *out_len);
+	CK_RV (*op_login)(struct token_op *op, const CK_UTF8CHAR *pin, CK_ULONG len);
+	void (*op_free)(struct token_op *op);
+	/* Key generation on the device (pub == NULL: a secret key).  The
+	 * templates are the module's, already checked; the driver passes
+	 * what the device may be told and returns the ids and the objects'
+	 * attributes as the device reports them. */
+	/* An object's attributes as the device has them now. */
+	CK_RV (*object_read)(struct token_store *t, uint64_t id, struct attrs **out);
+	CK_RV (*generate)(struct token_store *t, const CK_MECHANISM *m, const struct attrs *pub,
+			  const struct attrs *priv, uint64_t *pub_id, struct attrs **pub_out, uint64_t *priv_id,
+			  struct attrs **priv_out);
 };
 
 /* Which attributes are sealed even on a public object: key material. */
 bool token_attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type);
 
 extern const struct token_ops file_token_ops;
+extern const struct token_ops pkcs11_token_ops;
+/* In a forked child: forget the devices' modules as the parent set them
+ * up; the child's C_Initialize initialises them afresh. */
+void pkcs11_token_abandon(void);
 
 #endif

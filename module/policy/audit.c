@@ -874,17 +874,6 @@ static bool expect(struct reader *r, char c)
 	return true;
 }
 
-static int hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* A JSON string: escapes and UTF-8 checked.  When out is given, the plain
  * bytes are copied there (escapes are refused: the only strings we need
  * back, keys, the time and prev, never contain any). */
@@ -904,7 +893,7 @@ static bool read_string(struct reader *r, char *out, size_t out_len)
 			if (c == 'u') {
 				unsigned cp = 0;
 				for (int i = 0; i < 4; i++) {
-					int v = r->p < r->end ? hexval(*r->p) : -1;
+					int v = r->p < r->end ? kt_hex_digit(*r->p) : -1;
 					if (v < 0)
 						return bad(r, "bad \\u escape");
 					cp = cp << 4 | (unsigned)v;
@@ -920,7 +909,7 @@ static bool read_string(struct reader *r, char *out, size_t out_len)
 						return bad(r, "lone surrogate");
 					r->p += 2;
 					for (int i = 0; i < 4; i++) {
-						int v = hexval(*r->p);
+						int v = kt_hex_digit(*r->p);
 						if (v < 0)
 							return bad(r, "bad \\u escape");
 						lo = lo << 4 | (unsigned)v;

@@ -748,17 +748,6 @@ static enum reply dialog_read_line(struct dialog *d)
 	}
 }
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Append a D line's payload to the PIN, undoing the %XX escapes.  False
  * for a '%' without two hex digits: not Assuan. */
 static bool pin_append(struct pin_buf *b, const char *s)
@@ -766,8 +755,8 @@ static bool pin_append(struct pin_buf *b, const char *s)
 	for (; *s; s++) {
 		int c = (unsigned char)*s;
 		if (c == '%') {
-			int hi = hex_value(s[1]);
-			int lo = hi < 0 ? -1 : hex_value(s[2]);
+			int hi = kt_hex_digit(s[1]);
+			int lo = hi < 0 ? -1 : kt_hex_digit(s[2]);
 			if (lo < 0)
 				return false;
 			c = hi << 4 | lo;

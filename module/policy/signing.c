@@ -40,7 +40,9 @@ static bool same_bytes(const CK_ATTRIBUTE *a, const void *p, size_t n)
 	return a && a->ulValueLen == n && (n == 0 || memcmp(a->pValue, p, n) == 0);
 }
 
-CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv)
+/* The configured policy for a key: its [key] section, else its token's,
+ * else the module's. */
+static enum sign_policy policy_for(enum sign_policy token_policy, const struct attrs *priv)
 {
 	enum sign_policy p = token_policy != POLICY_DEFAULT ? token_policy : conf->policy;
 	const CK_ATTRIBUTE *id = attrs_get(priv, CKA_ID), *label = attrs_get(priv, CKA_LABEL);
@@ -52,6 +54,12 @@ CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv)
 			break;
 		}
 	}
+	return p;
+}
+
+CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv)
+{
+	enum sign_policy p = policy_for(token_policy, priv);
 	CK_RV rv = attrs_set_ulong(priv, CKA_KT_SIGN_POLICY,
 				   p == POLICY_AUTOMATIC ? CK_KT_POLICY_AUTOMATIC : CK_KT_POLICY_CONFIRM);
 	/* A qualified key asks for its PIN at every use too, so applications
@@ -147,8 +155,14 @@ CK_RV signing_begin(struct crypto_state *c, struct token *t, CK_SESSION_HANDLE s
 		    CK_MECHANISM_TYPE mech)
 {
 	CK_ULONG policy = CK_KT_POLICY_CONFIRM;
-	/* A key from before policies existed is treated as the law's default. */
-	attrs_get_ulong(key, CKA_KT_SIGN_POLICY, &policy);
+	/* A key from before policies existed is treated as the law's default.
+	 * A device cannot keep koltamga's attribute: its keys' policy comes
+	 * from the configuration at every use. */
+	if (t->state.device)
+		policy = policy_for(t->policy, key) == POLICY_AUTOMATIC ? CK_KT_POLICY_AUTOMATIC
+									: CK_KT_POLICY_CONFIRM;
+	else
+		attrs_get_ulong(key, CKA_KT_SIGN_POLICY, &policy);
 	c->policy = policy;
 	c->hash_only = mechanism_hash_only(mech);
 	c->key_label = text_of(key, CKA_LABEL);
@@ -397,9 +411,18 @@ static CK_RV check_dialog_pin(void *ctx, const char *pin, size_t len)
 	struct token *t = s->token;
 	CK_RV rv = CKR_USER_NOT_LOGGED_IN;
 	token_lock(t);
-	if (t->login == CKU_USER && __atomic_load_n(&t->login_epoch, __ATOMIC_ACQUIRE) == s->crypto.login_epoch)
-		rv = token_check_pin(t, CKU_USER, (const CK_UTF8CHAR *)pin, len);
+	bool current = t->login == CKU_USER &&
+		       __atomic_load_n(&t->login_epoch, __ATOMIC_ACQUIRE) == s->crypto.login_epoch;
 	token_unlock(t);
+	/* A device checks the PIN itself, for its operation (and outside
+	 * the token lock: a slow device delays this signature only). */
+	if (current && crypto_op_remote(s->crypto.op))
+		rv = crypto_op_login(s->crypto.op, (const CK_UTF8CHAR *)pin, len);
+	else if (current) {
+		token_lock(t);
+		rv = token_check_pin(t, CKU_USER, (const CK_UTF8CHAR *)pin, len);
+		token_unlock(t);
+	}
 	if (rv == CKR_OK)
 		s->crypto.context_logged_in = true;
 	return rv;
