@@ -463,6 +463,27 @@ static CK_RV check_certificate(struct attrs *a)
 	return rv;
 }
 
+CK_RV object_derive_certificate(struct attrs *a)
+{
+	const CK_ATTRIBUTE *v = attrs_get(a, CKA_VALUE);
+	struct attrs *derived = NULL;
+	CK_ULONG ctype;
+	if (!v || !attrs_get_ulong(a, CKA_CERTIFICATE_TYPE, &ctype) || ctype != CKC_X_509)
+		return CKR_OK;
+	CK_RV rv = certattrs_derive(v->pValue, v->ulValueLen, &derived);
+	if (rv != CKR_OK)
+		return rv;
+	for (size_t i = 0; i < attrs_count(derived) && rv == CKR_OK; i++) {
+		const CK_ATTRIBUTE *d = attrs_at(derived, i);
+		if (!attrs_has(a, d->type))
+			rv = attrs_set(a, d->type, d->pValue, d->ulValueLen);
+	}
+	if (rv == CKR_OK && personal_private && carries_personal_data(derived))
+		rv = attrs_set_bool(a, CKA_PRIVATE, true);
+	attrs_free(derived);
+	return rv;
+}
+
 /* PKCS#11 4.9: CKA_ALWAYS_AUTHENTICATE may only be true on a private
  * object (a key anyone can find without logging in cannot ask for a PIN
  * at every use). */

@@ -58,6 +58,12 @@ CK_RV object_check_always_authenticate(const struct attrs *a);
  * default; personal_data_certificates = public turns it off). */
 void object_set_personal_private(bool yes);
 
+/* A certificate made elsewhere (on a device): what the module derives
+ * from its DER at creation (the CKA_KT_* attributes, missing standard
+ * ones) is added; one that carries personal data is private to the
+ * module, as at creation.  Malformed DER: CKR_ATTRIBUTE_VALUE_INVALID. */
+CK_RV object_derive_certificate(struct attrs *a);
+
 /* C_GetAttributeValue over one object, with the specification's per-entry
  * semantics (CK_UNAVAILABLE_INFORMATION, sensitive values, short buffers). */
 CK_RV object_get_attributes(const struct attrs *a, bool complete, CK_ATTRIBUTE *tmpl,

@@ -174,9 +174,19 @@ static void objects_drop(struct token *t, bool token_objects, bool private_only)
 	}
 }
 
+/* What the module adds to a device's object as it does to its own at
+ * creation.  A certificate it cannot parse is still shown, underived. */
+static void device_complete(struct token *t, struct attrs *attrs)
+{
+	if (object_class(attrs) == CKO_CERTIFICATE && object_derive_certificate(attrs) != CKR_OK)
+		kt_log("%s: a certificate on the device is not valid X.509 DER", t->path);
+}
+
 static CK_RV load_cb(void *ctx, uint64_t id, struct attrs *attrs, bool complete)
 {
 	struct token *t = ctx;
+	if (token_is_device(t))
+		device_complete(t, attrs);
 	if (id == 0 || id >= SESSION_HANDLE_BASE) {
 		/* Handles this large would collide with session objects. */
 		kt_log("%s: object id %llu out of range, skipped", t->path, (unsigned long long)id);
@@ -186,18 +196,19 @@ static CK_RV load_cb(void *ctx, uint64_t id, struct attrs *attrs, bool complete)
 	return object_insert(t, (CK_OBJECT_HANDLE)id, 0, attrs, complete);
 }
 
-/* A device's private key whose CKA_PUBLIC_KEY_INFO the device did not
- * give gets it from its own public half (RSA) or from the public key
- * with the same CKA_ID: the module binds keys to certificates by it. */
+/* A device's key whose CKA_PUBLIC_KEY_INFO the device did not give gets
+ * it from its own public half (public keys, RSA private keys) or from the
+ * public key with the same CKA_ID: the module binds keys to certificates
+ * by it, and applications read it. */
 static void device_public_key_info(struct token *t)
 {
 	for (size_t b = 0; b < t->buckets; b++) {
 		for (struct object *o = t->by_handle[b]; o; o = o->next_handle) {
 			CK_ULONG kt;
-			if (o->cls != CKO_PRIVATE_KEY || o->owner != 0 || attrs_has(o->attrs, CKA_PUBLIC_KEY_INFO) ||
-			    !attrs_get_ulong(o->attrs, CKA_KEY_TYPE, &kt))
+			if ((o->cls != CKO_PRIVATE_KEY && o->cls != CKO_PUBLIC_KEY) || o->owner != 0 ||
+			    attrs_has(o->attrs, CKA_PUBLIC_KEY_INFO) || !attrs_get_ulong(o->attrs, CKA_KEY_TYPE, &kt))
 				continue;
-			if (kt == CKK_RSA) {
+			if (o->cls == CKO_PUBLIC_KEY || kt == CKK_RSA) {
 				crypto_set_public_key_info(o->attrs, o->attrs);
 				continue;
 			}
@@ -669,6 +680,8 @@ CK_RV token_init(struct token *t, const CK_UTF8CHAR *so_pin, CK_ULONG so_len, co
 		created = true;
 	}
 	rv = t->ops->initialize(t->store, so_pin, so_len, label, &config->params);
+	/* A device found again after its own C_InitToken has not been away. */
+	t->generation = 0;
 	if (rv != CKR_OK) {
 		if (created) {
 			/* Leave no half-made token behind: the slot is empty again. */
@@ -782,6 +795,7 @@ CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *a
 			/* The device's defaults are what the object has. */
 			struct attrs *now = NULL;
 			if (t->ops->object_read(t->store, id, &now) == CKR_OK) {
+				device_complete(t, now);
 				attrs_free(attrs);
 				attrs = now;
 			}
@@ -797,16 +811,34 @@ CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *a
 	return rv;
 }
 
+/* Tell a device what changed between the object and its new attributes. */
+static CK_RV device_set(struct token *t, const struct object *o, const struct attrs *attrs)
+{
+	struct attrs *changes = attrs_new();
+	CK_RV rv = changes ? CKR_OK : CKR_HOST_MEMORY;
+	for (size_t i = 0; i < attrs_count(attrs) && rv == CKR_OK; i++) {
+		const CK_ATTRIBUTE *at = attrs_at(attrs, i);
+		if (!attrs_match(o->attrs, at))
+			rv = attrs_set(changes, at->type, at->pValue, at->ulValueLen);
+	}
+	if (rv == CKR_OK && attrs_count(changes))
+		rv = t->ops->object_set(t->store, o->handle, changes);
+	attrs_free(changes);
+	return rv;
+}
+
 CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attrs)
 {
 	if (o->owner == 0) {
-		CK_RV rv = t->ops->object_update(t->store, t->key, o->handle, attrs);
+		CK_RV rv = t->ops->object_set ? device_set(t, o, attrs)
+					      : t->ops->object_update(t->store, t->key, o->handle, attrs);
 		if (rv != CKR_OK) {
 			attrs_free(attrs);
 			return rv;
 		}
 		struct attrs *now = NULL;
 		if (t->ops->object_read && t->ops->object_read(t->store, o->handle, &now) == CKR_OK) {
+			device_complete(t, now);
 			attrs_free(attrs);
 			attrs = now;
 		}

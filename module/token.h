@@ -123,6 +123,10 @@ struct token_ops {
 	 * templates are the module's, already checked; the driver passes
 	 * what the device may be told and returns the ids and the objects'
 	 * attributes as the device reports them. */
+	/* Device drivers replace object_update with this: only the
+	 * attributes that change, as C_SetAttributeValue gives them (the
+	 * device keeps the rest, and refuses koltamga's own attributes). */
+	CK_RV (*object_set)(struct token_store *t, uint64_t id, const struct attrs *changes);
 	/* An object's attributes as the device has them now. */
 	CK_RV (*object_read)(struct token_store *t, uint64_t id, struct attrs **out);
 	CK_RV (*generate)(struct token_store *t, const CK_MECHANISM *m, const struct attrs *pub,

@@ -51,6 +51,11 @@ int certfix_conf(const char *extra)
 		base = slurp(fx.conf);
 		if (!base)
 			return -1;
+		/* Module-wide keys must come before any section: the
+		 * fixture's [token] sections go after the extra text. */
+		size_t tail = strlen(fx.conf_tail), len = strlen(base);
+		if (tail && len >= tail && strcmp(base + len - tail, fx.conf_tail) == 0)
+			base[len - tail] = '\0';
 		snprintf(base_dir, sizeof(base_dir), "%s", fx.dir);
 	}
 	fp = fopen(fx.conf, "w");
@@ -61,6 +66,9 @@ int certfix_conf(const char *extra)
 		fputc('\n', fp);
 	if (extra)
 		fputs(extra, fp);
+	if (extra && extra[0] && extra[strlen(extra) - 1] != '\n')
+		fputc('\n', fp);
+	fputs(fx.conf_tail, fp);
 	return fclose(fp) == 0 ? 0 : -1;
 }
 

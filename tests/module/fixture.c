@@ -41,6 +41,10 @@ void fixture_load(void)
 	if (!fx.dl)
 		fail_msg("dlopen %s: %s", path, dlerror());
 	fx.softhsm = strstr(path, "softhsm") != NULL;
+	/* The suite matrix: koltamga with its token on a device (SoftHSM2
+	 * behind the pkcs11 driver) instead of a file. */
+	const char *driver = getenv("KT_TEST_DRIVER");
+	fx.device = !fx.softhsm && driver && strcmp(driver, "pkcs11") == 0;
 
 	get_list = (CK_C_GetFunctionList)dlsym(fx.dl, "C_GetFunctionList");
 	assert_non_null(get_list);
@@ -79,12 +83,30 @@ int fixture_tmpdir_new(void)
 	if (!mkdtemp(fx.dir))
 		return -1;
 
+	fx.conf_tail[0] = '\0';
 	if (fx.softhsm) {
 		snprintf(fx.store, sizeof(fx.store), "%s/tokens", fx.dir);
 		snprintf(fx.conf, sizeof(fx.conf), "%s/softhsm2.conf", fx.dir);
 		snprintf(text, sizeof(text),
 			 "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n",
 			 fx.store);
+	} else if (fx.device) {
+		/* SoftHSM2 plays the device: its token directory here, its
+		 * one empty token the slot koltamga shows. */
+		char hsm_conf[PATH_MAX + 32];
+		const char *module = getenv("KT_DEVICE_MODULE");
+		snprintf(fx.store, sizeof(fx.store), "%s/tokens", fx.dir);
+		snprintf(hsm_conf, sizeof(hsm_conf), "%s/softhsm2.conf", fx.dir);
+		snprintf(text, sizeof(text),
+			 "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", fx.store);
+		if (write_file(hsm_conf, text) != 0)
+			return -1;
+		setenv("SOFTHSM2_CONF", hsm_conf, 1);
+		snprintf(fx.conf, sizeof(fx.conf), "%s/koltamga.conf", fx.dir);
+		snprintf(fx.conf_tail, sizeof(fx.conf_tail), "[token]\ndriver = pkcs11\nmodule = %s\n",
+			 module && *module ? module : FX_SOFTHSM_MODULE);
+		snprintf(text, sizeof(text), "sign_policy = automatic\naudit_log = %s/audit.log\n%s", fx.dir,
+			 fx.conf_tail);
 	} else {
 		snprintf(fx.store, sizeof(fx.store), "%s/store", fx.dir);
 		snprintf(fx.conf, sizeof(fx.conf), "%s/koltamga.conf", fx.dir);
@@ -97,6 +119,7 @@ int fixture_tmpdir_new(void)
 	if (mkdir(fx.store, 0700) != 0 || write_file(fx.conf, text) != 0)
 		return -1;
 	setenv(fx.softhsm ? "SOFTHSM2_CONF" : "KOLTAMGA_CONF", fx.conf, 1);
+
 	return 0;
 }
 

@@ -41,9 +41,13 @@ struct fixture {
 	CK_C_GetInterface get_interface;
 	CK_FUNCTION_LIST_3_0_PTR f3; /* "PKCS 11" 3.0, NULL for a 2.40 module */
 	bool softhsm; /* testing against SoftHSM2, not koltamga */
+	bool device;  /* koltamga, its token on a device (KT_TEST_DRIVER=pkcs11) */
 	char dir[1024]; /* this test's temporary directory */
 	char conf[PATH_MAX]; /* the configuration file written there */
 	char store[PATH_MAX]; /* koltamga: the store directory */
+	/* The configuration's [token] sections (device mode), which stay
+	 * last when tests add keys of their own (certfix_conf). */
+	char conf_tail[PATH_MAX + 64];
 };
 extern struct fixture fx;
 
@@ -83,6 +87,17 @@ int fixture_setup_uninit(void **state);
 		if (fx.softhsm)                                                                    \
 			skip();                                                                    \
 	} while (0)
+
+/* Skip a test of the file token's own workings (its store, several tokens
+ * in a store directory, koltamga's PIN counters) when the token is a
+ * device's, whose own rules apply there (docs/configuration.md). */
+#define FX_FILE_TOKEN_ONLY()                                                                       \
+	do {                                                                                       \
+		if (fx.softhsm || fx.device)                                                       \
+			skip();                                                                    \
+	} while (0)
+
+#define FX_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 
 /* A known SoftHSM2 deviation from the specification.  The test keeps the
  * specification's answer, so it fails against SoftHSM2; with

@@ -269,6 +269,7 @@ struct token_store {
 	bool lost;                 /* a call saw the device go: look again */
 	CK_SLOT_ID slot;
 	CK_SESSION_HANDLE anchor;
+	bool anchored;             /* the anchor is open (the token is initialised) */
 	bool rw;                   /* the anchor is a read-write session */
 	unsigned long generation;  /* attachments so far */
 	unsigned long seen;        /* the generation `changed` last reported */
@@ -341,6 +342,7 @@ static CK_RV map_rv(struct token_store *t, CK_RV rv)
 		kt_log("pkcs11 token %s: the device module answered %s", t->name, kt_rv_name(rv));
 		return CKR_DEVICE_ERROR;
 	case CKR_GENERAL_ERROR:
+		kt_debug(KT_DBG_TOKEN, "pkcs11 token %s: the device module failed (CKR_GENERAL_ERROR)", t->name);
 		return CKR_DEVICE_ERROR;
 	default:
 		return rv;
@@ -352,9 +354,9 @@ static void close_sessions(struct token_store *t)
 	for (size_t i = 0; i < t->n_pool; i++)
 		t->f->C_CloseSession(t->pool[i]);
 	t->n_pool = 0;
-	if (t->attached)
+	if (t->attached && t->anchored)
 		t->f->C_CloseSession(t->anchor);
-	t->attached = false;
+	t->attached = t->anchored = false;
 }
 
 /* The device's signing mechanisms, asked once per attachment: a reader
@@ -415,8 +417,8 @@ static CK_RV attach(struct token_store *t)
 		}
 	}
 	bool found = false;
+	CK_TOKEN_INFO ti;
 	for (CK_ULONG i = 0; rv == CKR_OK && i < n && !found; i++) {
-		CK_TOKEN_INFO ti;
 		if (t->f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && selector_matches(&t->sel, &ti)) {
 			t->slot = slots[i];
 			found = true;
@@ -427,12 +429,20 @@ static CK_RV attach(struct token_store *t)
 		return map_rv(t, rv);
 	if (!found)
 		return CKR_TOKEN_NOT_PRESENT;
+	if (!(ti.flags & CKF_TOKEN_INITIALIZED)) {
+		/* Nothing to log into or keep open yet: C_InitToken comes
+		 * first, and a device opens no sessions before it. */
+		t->anchored = false;
+		goto attached;
+	}
 	rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &t->anchor);
 	t->rw = rv == CKR_OK;
 	if (rv == CKR_TOKEN_WRITE_PROTECTED)
 		rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL, &t->anchor);
 	if (rv != CKR_OK)
 		return is_removal(rv) ? CKR_TOKEN_NOT_PRESENT : map_rv(t, rv);
+	t->anchored = true;
+attached:
 	read_mechanisms(t);
 	t->attached = true;
 	t->lost = false;
@@ -566,7 +576,8 @@ static bool p11_changed(struct token_store *t)
 		/* The anchor session dies with the device, and with a device
 		 * pulled and put back between two probes. */
 		CK_SESSION_INFO si;
-		CK_RV rv = t->f->C_GetSessionInfo(t->anchor, &si);
+		CK_TOKEN_INFO ti;
+		CK_RV rv = t->anchored ? t->f->C_GetSessionInfo(t->anchor, &si) : t->f->C_GetTokenInfo(t->slot, &ti);
 		t->last_probe = now_ns();
 		if (rv != CKR_OK) {
 			t->lost = true;
@@ -587,6 +598,8 @@ static CK_RV anchor(struct token_store *t, CK_SESSION_HANDLE *s)
 {
 	pthread_mutex_lock(&t->lock);
 	CK_RV rv = t->attached && !__atomic_load_n(&t->lost, __ATOMIC_ACQUIRE) ? CKR_OK : CKR_DEVICE_REMOVED;
+	if (rv == CKR_OK && !t->anchored)
+		rv = CKR_USER_PIN_NOT_INITIALIZED;
 	*s = t->anchor;
 	pthread_mutex_unlock(&t->lock);
 	return rv;
@@ -606,6 +619,16 @@ static CK_RV p11_initialize(struct token_store *t, const CK_UTF8CHAR *so_pin, CK
 		CK_SLOT_ID slot = t->slot;
 		close_sessions(t);
 		rv = map_rv(t, t->f->C_InitToken(slot, (CK_UTF8CHAR_PTR)so_pin, so_len, padded));
+		CK_TOKEN_INFO ti;
+		if (rv == CKR_OK && t->f->C_GetTokenInfo(slot, &ti) == CKR_OK) {
+			/* The token is now what was initialised, whatever the
+			 * selection matched before (an empty label; the first
+			 * token of a module that then offers a fresh empty one):
+			 * this process follows it by its serial. */
+			memset(&t->sel, 0, sizeof(t->sel));
+			unpad(t->sel.serial, ti.serialNumber, sizeof(ti.serialNumber));
+			t->sel.has_serial = true;
+		}
 		CK_RV again = attach(t);
 		if (rv == CKR_OK)
 			rv = again;
@@ -751,6 +774,8 @@ static size_t lists_for(CK_OBJECT_CLASS cls, struct type_list out[3])
 	return n;
 }
 
+static void log_template(struct token_store *t, const char *call, CK_RV rv, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
+
 /* Read one object; *out stays NULL for an object the module does not show. */
 static CK_RV read_object(struct token_store *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, struct attrs **out)
 {
@@ -779,6 +804,21 @@ static CK_RV read_object(struct token_store *t, CK_SESSION_HANDLE s, CK_OBJECT_H
 	/* Lengths first; attributes the object lacks come back as
 	 * CK_UNAVAILABLE_INFORMATION with CKR_ATTRIBUTE_TYPE_INVALID. */
 	rv = t->f->C_GetAttributeValue(s, h, tmpl, n);
+	if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED || rv == CKR_DEVICE_ERROR) {
+		/* Some devices fail a whole read over one attribute they
+		 * cannot produce (SoftHSM2 does, for some objects it loaded
+		 * from disk): ask one by one, and go without that one. */
+		log_template(t, "C_GetAttributeValue", rv, tmpl, n);
+		rv = CKR_OK;
+		for (size_t i = 0; i < n && !is_removal(rv); i++) {
+			tmpl[i].pValue = NULL;
+			rv = t->f->C_GetAttributeValue(s, h, &tmpl[i], 1);
+			if (rv != CKR_OK)
+				tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+		}
+		if (!is_removal(rv))
+			rv = CKR_OK;
+	}
 	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
 		rv = rv == CKR_OBJECT_HANDLE_INVALID ? CKR_OK : map_rv(t, rv);
 		goto out;
@@ -798,7 +838,7 @@ static CK_RV read_object(struct token_store *t, CK_SESSION_HANDLE s, CK_OBJECT_H
 		m++;
 	}
 	n = m;
-	rv = t->f->C_GetAttributeValue(s, h, tmpl, n);
+	rv = n ? t->f->C_GetAttributeValue(s, h, tmpl, n) : CKR_OK;
 	if (rv != CKR_OK) {
 		/* Changed between the two reads (another application):
 		 * better no object than a half-read one. */
@@ -832,6 +872,8 @@ static CK_RV p11_load(struct token_store *t, const struct token_key *key, token_
 	(void)key; /* the device shows private objects while it is logged in */
 	CK_SESSION_HANDLE s;
 	CK_RV rv = anchor(t, &s);
+	if (rv == CKR_USER_PIN_NOT_INITIALIZED)
+		return CKR_OK; /* an uninitialised token holds nothing */
 	if (rv != CKR_OK)
 		return rv;
 	CK_OBJECT_HANDLE *hs = NULL;
@@ -900,13 +942,18 @@ static bool device_decides(CK_ATTRIBUTE_TYPE type, bool generate)
 	case CKA_NEVER_EXTRACTABLE:
 	case CKA_KEY_GEN_MECHANISM:
 	case CKA_UNIQUE_ID:
-	case CKA_PUBLIC_KEY_INFO:
 	case CKA_NAME_HASH_ALGORITHM:
+		return true;
+	case CKA_PUBLIC_KEY_INFO:
+		/* An imported private key's public half: the device could not
+		 * work it out from an EC scalar without computing. */
+		return generate;
+	case CKA_CHECK_VALUE:
+		/* Derived from the value by whoever holds it. */
 		return true;
 	case CKA_MODULUS:
 	case CKA_EC_POINT:
 	case CKA_VALUE:
-	case CKA_CHECK_VALUE:
 	case CKA_HASH_OF_SUBJECT_PUBLIC_KEY:
 	case CKA_HASH_OF_ISSUER_PUBLIC_KEY:
 		/* Material: made by the device when it generates. */
@@ -920,6 +967,18 @@ static bool device_decides(CK_ATTRIBUTE_TYPE type, bool generate)
 	}
 }
 
+/* Which attributes a device refused an object with (types only: the
+ * values may be key material). */
+static void log_template(struct token_store *t, const char *call, CK_RV rv, const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+	char types[512];
+	size_t used = 0;
+	types[0] = '\0';
+	for (CK_ULONG i = 0; i < n && used < sizeof(types) - 24; i++)
+		used += (size_t)snprintf(types + used, sizeof(types) - used, " 0x%lx", tmpl[i].type);
+	kt_debug(KT_DBG_TOKEN, "pkcs11 token %s: %s = %s, template types:%s", t->name, call, kt_rv_name(rv), types);
+}
+
 /* The module's attribute set as a device template (values borrowed). */
 static CK_RV to_template(const struct attrs *a, bool generate, CK_ATTRIBUTE **out, CK_ULONG *n_out)
 {
@@ -929,7 +988,9 @@ static CK_RV to_template(const struct attrs *a, bool generate, CK_ATTRIBUTE **ou
 		return CKR_HOST_MEMORY;
 	for (size_t i = 0; i < n; i++) {
 		const CK_ATTRIBUTE *at = attrs_at(a, i);
-		if (!device_decides(at->type, generate))
+		/* An empty value is every attribute's default (the module
+		 * spells defaults out; devices refuse some of them). */
+		if (at->ulValueLen && !device_decides(at->type, generate))
 			tmpl[m++] = *at;
 	}
 	*out = tmpl;
@@ -948,8 +1009,12 @@ static CK_RV p11_object_add(struct token_store *t, const struct token_key *key, 
 	CK_RV rv = anchor(t, &s);
 	if (rv == CKR_OK)
 		rv = to_template(attrs, false, &tmpl, &n);
-	if (rv == CKR_OK)
-		rv = map_rv(t, t->f->C_CreateObject(s, tmpl, n, &h));
+	if (rv == CKR_OK) {
+		CK_RV dev = t->f->C_CreateObject(s, tmpl, n, &h);
+		if (dev != CKR_OK)
+			log_template(t, "C_CreateObject", dev, tmpl, n);
+		rv = map_rv(t, dev);
+	}
 	free(tmpl);
 	if (rv == CKR_OK)
 		*id = h;
@@ -959,44 +1024,36 @@ static CK_RV p11_object_add(struct token_store *t, const struct token_key *key, 
 static CK_RV p11_object_update(struct token_store *t, const struct token_key *key, uint64_t id,
 			       const struct attrs *attrs)
 {
+	(void)t;
 	(void)key;
+	(void)id;
+	(void)attrs;
+	/* slot.c uses object_set for devices. */
+	return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+static CK_RV p11_object_set(struct token_store *t, uint64_t id, const struct attrs *changes)
+{
 	CK_SESSION_HANDLE s;
 	CK_RV rv = anchor(t, &s);
 	if (rv != CKR_OK)
 		return rv;
-	struct attrs *now = NULL;
-	rv = read_object(t, s, (CK_OBJECT_HANDLE)id, &now);
-	if (rv == CKR_OK && !now)
-		rv = CKR_OBJECT_HANDLE_INVALID;
-	if (rv != CKR_OK)
-		return rv;
-	/* Only what changed goes to the device: it would refuse to be
-	 * told even the same value of an attribute it treats as fixed. */
-	size_t n = attrs_count(attrs), m = 0;
+	size_t n = attrs_count(changes), m = 0;
 	CK_ATTRIBUTE *tmpl = calloc(n ? n : 1, sizeof(*tmpl));
-	if (!tmpl) {
-		attrs_free(now);
+	if (!tmpl)
 		return CKR_HOST_MEMORY;
-	}
-	for (size_t i = 0; i < n; i++) {
-		const CK_ATTRIBUTE *at = attrs_at(attrs, i);
-		if (at->type == CKA_CLASS || attrs_match(now, at))
-			continue;
-		if (at->type & CKA_VENDOR_DEFINED) {
-			/* koltamga's own attributes cannot live on a device
-			 * (docs/configuration.md): refused rather than kept
-			 * only until the next reload. */
+	for (size_t i = 0; i < n && rv == CKR_OK; i++) {
+		const CK_ATTRIBUTE *at = attrs_at(changes, i);
+		/* koltamga's own attributes cannot live on a device: refused
+		 * rather than kept only until the next reload. */
+		if (at->type & CKA_VENDOR_DEFINED)
 			rv = CKR_ATTRIBUTE_TYPE_INVALID;
-			break;
-		}
-		if (device_decides(at->type, false))
-			continue;
-		tmpl[m++] = *at;
+		else
+			tmpl[m++] = *at;
 	}
 	if (rv == CKR_OK && m)
 		rv = map_rv(t, t->f->C_SetAttributeValue(s, (CK_OBJECT_HANDLE)id, tmpl, m));
 	free(tmpl);
-	attrs_free(now);
 	return rv;
 }
 
@@ -1020,9 +1077,16 @@ static CK_RV p11_generate(struct token_store *t, const CK_MECHANISM *m, const st
 		rv = to_template(pub, true, &pt, &pn);
 	if (rv == CKR_OK)
 		rv = to_template(priv, true, &kt, &kn);
-	if (rv == CKR_OK)
-		rv = map_rv(t, pub ? t->f->C_GenerateKeyPair(s, (CK_MECHANISM_PTR)m, pt, pn, kt, kn, &ph, &kh)
-				   : t->f->C_GenerateKey(s, (CK_MECHANISM_PTR)m, kt, kn, &kh));
+	if (rv == CKR_OK) {
+		CK_RV dev = pub ? t->f->C_GenerateKeyPair(s, (CK_MECHANISM_PTR)m, pt, pn, kt, kn, &ph, &kh)
+				: t->f->C_GenerateKey(s, (CK_MECHANISM_PTR)m, kt, kn, &kh);
+		if (dev != CKR_OK) {
+			if (pub)
+				log_template(t, "C_GenerateKeyPair (public)", dev, pt, pn);
+			log_template(t, "C_GenerateKey(Pair)", dev, kt, kn);
+		}
+		rv = map_rv(t, dev);
+	}
 	free(pt);
 	free(kt);
 	if (rv != CKR_OK)
@@ -1162,5 +1226,6 @@ const struct token_ops pkcs11_token_ops = {
 	.op_login = p11_op_login,
 	.op_free = p11_op_free,
 	.object_read = p11_object_read,
+	.object_set = p11_object_set,
 	.generate = p11_generate,
 };
