@@ -1815,7 +1815,7 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 		rv = CKR_USER_NOT_LOGGED_IN;
 	} else if (sign && (rv = key_usable(t, key)) != CKR_OK) {
 		/* keep rv */
-	} else if (sign && token_is_device(t) && key->owner == 0) {
+	} else if (sign && key->on_device) {
 		/* The device signs; the module checks and accounts. */
 		remote_attrs = attrs_dup(key->attrs);
 		rv = remote_attrs ? token_sign_remote(t, key, m, mi, &remote, &host_hash) : CKR_HOST_MEMORY;
@@ -2059,7 +2059,7 @@ static CK_RV kt_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 	rv = object_build(a, ORIGIN_GENERATE, CKO_SECRET_KEY, generated_key_type(mi->type), mi->type, &who);
 	if (rv == CKR_OK)
 		rv = may_write_object(s, object_is_token(a), object_is_private(a));
-	if (rv == CKR_OK && token_is_device(s->token) && object_is_token(a)) {
+	if (rv == CKR_OK && token_is_device(s->token)) {
 		rv = token_sync(s->token);
 		if (rv == CKR_OK)
 			rv = token_generate_remote(s->token, s->handle, pMechanism, NULL, a, NULL, phKey);
@@ -2119,8 +2119,9 @@ static CK_RV kt_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMe
 		rv = may_write_object(s, object_is_token(pub), object_is_private(pub));
 	if (rv == CKR_OK)
 		rv = may_write_object(s, object_is_token(priv), object_is_private(priv));
-	if (rv == CKR_OK && token_is_device(t) && object_is_token(priv)) {
-		/* Made on the device, never seen by the module. */
+	if (rv == CKR_OK && token_is_device(t)) {
+		/* Made on the device, never seen by the module (session keys
+		 * too: the device's session objects). */
 		rv = token_sync(t);
 		if (rv == CKR_OK)
 			rv = token_generate_remote(t, s->handle, pMechanism, pub, priv, phPublicKey, phPrivateKey);

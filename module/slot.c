@@ -139,6 +139,7 @@ static CK_RV object_insert(struct token *t, CK_OBJECT_HANDLE handle, CK_SESSION_
 	}
 	o->handle = handle;
 	o->owner = owner;
+	o->on_device = token_is_device(t) && handle < SESSION_HANDLE_BASE;
 	o->attrs = attrs;
 	o->complete = complete;
 	o->cls = object_class(attrs);
@@ -185,8 +186,15 @@ static void device_complete(struct token *t, struct attrs *attrs)
 static CK_RV load_cb(void *ctx, uint64_t id, struct attrs *attrs, bool complete)
 {
 	struct token *t = ctx;
-	if (token_is_device(t))
+	if (token_is_device(t)) {
+		/* The device's session objects are this module's session
+		 * keys, already known by their sessions. */
+		if (!object_is_token(attrs)) {
+			attrs_free(attrs);
+			return CKR_OK;
+		}
 		device_complete(t, attrs);
+	}
 	if (id == 0 || id >= SESSION_HANDLE_BASE) {
 		/* Handles this large would collide with session objects. */
 		kt_log("%s: object id %llu out of range, skipped", t->path, (unsigned long long)id);
@@ -205,7 +213,7 @@ static void device_public_key_info(struct token *t)
 	for (size_t b = 0; b < t->buckets; b++) {
 		for (struct object *o = t->by_handle[b]; o; o = o->next_handle) {
 			CK_ULONG kt;
-			if ((o->cls != CKO_PRIVATE_KEY && o->cls != CKO_PUBLIC_KEY) || o->owner != 0 ||
+			if ((o->cls != CKO_PRIVATE_KEY && o->cls != CKO_PUBLIC_KEY) || !o->on_device ||
 			    attrs_has(o->attrs, CKA_PUBLIC_KEY_INFO) || !attrs_get_ulong(o->attrs, CKA_KEY_TYPE, &kt))
 				continue;
 			if (o->cls == CKO_PUBLIC_KEY || kt == CKK_RSA) {
@@ -732,8 +740,15 @@ CK_RV token_login(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_
 
 void token_logout(struct token *t)
 {
-	if (t->ops->logout && t->login != USER_NONE)
+	if (t->ops->logout && t->login != USER_NONE) {
+		/* Session keys die with the login (below); on the device they
+		 * must go while it still lets us destroy them. */
+		for (size_t b = 0; b < t->buckets; b++)
+			for (struct object *o = t->by_handle[b]; o; o = o->next_handle)
+				if (o->on_device && o->owner != 0 && o->is_private)
+					t->ops->object_delete(t->store, o->handle);
 		t->ops->logout(t->store);
+	}
 	if (t->key)
 		t->ops->key_free(t->key);
 	t->key = NULL;
@@ -782,7 +797,11 @@ CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *a
 {
 	CK_RV rv;
 	CK_OBJECT_HANDLE h;
-	if (object_is_token(attrs)) {
+	CK_OBJECT_CLASS cls = object_class(attrs);
+	/* On a device every private and secret key lives there, session
+	 * keys too: the module never holds a device token's key. */
+	bool device_key = token_is_device(t) && (cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY);
+	if (object_is_token(attrs) || device_key) {
 		uint64_t id;
 		rv = t->ops->object_add(t->store, t->key, attrs, &id);
 		if (rv != CKR_OK) {
@@ -790,7 +809,14 @@ CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *a
 			return rv;
 		}
 		h = (CK_OBJECT_HANDLE)id;
-		owner = 0;
+		if (object_is_token(attrs))
+			owner = 0;
+		if (h == 0 || h >= SESSION_HANDLE_BASE) {
+			/* Out of the range the module can show as a handle. */
+			t->ops->object_delete(t->store, id);
+			attrs_free(attrs);
+			return CKR_DEVICE_ERROR;
+		}
 		if (t->ops->object_read) {
 			/* The device's defaults are what the object has. */
 			struct attrs *now = NULL;
@@ -829,7 +855,7 @@ static CK_RV device_set(struct token *t, const struct object *o, const struct at
 
 CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attrs)
 {
-	if (o->owner == 0) {
+	if (o->owner == 0 || o->on_device) {
 		CK_RV rv = t->ops->object_set ? device_set(t, o, attrs)
 					      : t->ops->object_update(t->store, t->key, o->handle, attrs);
 		if (rv != CKR_OK) {
@@ -855,7 +881,7 @@ CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attr
 
 CK_RV token_object_destroy(struct token *t, struct object *o)
 {
-	if (o->owner == 0) {
+	if (o->owner == 0 || o->on_device) {
 		CK_RV rv = t->ops->object_delete(t->store, o->handle);
 		if (rv != CKR_OK)
 			return rv;
@@ -870,8 +896,11 @@ void token_drop_session_objects(struct token *t, CK_SESSION_HANDLE owner)
 		struct object *o = t->by_handle[b];
 		while (o) {
 			struct object *next = o->next_handle;
-			if (o->owner == owner && owner != 0)
+			if (o->owner == owner && owner != 0) {
+				if (o->on_device)
+					t->ops->object_delete(t->store, o->handle);
 				object_remove(t, o);
+			}
 			o = next;
 		}
 	}
@@ -947,7 +976,7 @@ CK_RV token_find(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG count, CK_O
 
 CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out)
 {
-	if (!o->pkey && token_is_device(t) && o->owner == 0 && o->cls == CKO_PRIVATE_KEY) {
+	if (!o->pkey && o->on_device && o->cls == CKO_PRIVATE_KEY) {
 		/* The device keeps the private half; verifying with a private
 		 * key object needs only the public one. */
 		const CK_ATTRIBUTE *spki = attrs_get(o->attrs, CKA_PUBLIC_KEY_INFO);
@@ -1021,9 +1050,7 @@ static void remote_free(void *ctx)
 CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECHANISM *m,
 			const struct mech_info *mi, struct crypto_remote *out, bool *host_hash)
 {
-	/* A session key on a device token lives in the module, like any
-	 * session object; only the device's own keys sign there. */
-	if (!token_is_device(t) || key->owner != 0)
+	if (!key->on_device)
 		return CKR_FUNCTION_NOT_SUPPORTED;
 	struct remote_ctx *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -1068,7 +1095,7 @@ CK_RV token_generate_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_M
 		attrs_free(priv_now);
 		return CKR_DEVICE_ERROR;
 	}
-	rv = object_insert(t, (CK_OBJECT_HANDLE)priv_id, 0, priv_now, true);
+	rv = object_insert(t, (CK_OBJECT_HANDLE)priv_id, object_is_token(priv_now) ? 0 : owner, priv_now, true);
 	if (rv == CKR_OK && pub_now && !object_is_token(pub_now)) {
 		/* A session public key: public data, kept by the module like
 		 * any session object, so it goes with the session. */

@@ -35,6 +35,7 @@ struct object {
 	CK_SESSION_HANDLE owner; /* session objects: the creating session; 0 for token objects */
 	struct attrs *attrs;
 	bool complete;           /* sealed attributes present (see token_object_cb) */
+	bool on_device;          /* a device's object: its handle is the device's */
 	bool is_private;
 	CK_OBJECT_CLASS cls;
 	EVP_PKEY *pkey;          /* built on first use, for key objects */
