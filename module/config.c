@@ -626,3 +626,20 @@ CK_RV config_load(const char *reserved, struct config **out)
 	*out = c;
 	return CKR_OK;
 }
+
+static bool same_bytes(const CK_ATTRIBUTE *a, const void *p, size_t n)
+{
+	return a && a->ulValueLen == n && (n == 0 || memcmp(a->pValue, p, n) == 0);
+}
+
+enum sign_policy config_key_policy(const struct config *c, enum sign_policy token_policy, const CK_ATTRIBUTE *id,
+				   const CK_ATTRIBUTE *label)
+{
+	for (size_t i = 0; i < c->n_keys; i++) {
+		const struct config_key *k = &c->keys[i];
+		if ((k->id && same_bytes(id, k->id, k->id_len)) ||
+		    (k->label && same_bytes(label, k->label, strlen(k->label))))
+			return k->policy;
+	}
+	return token_policy != POLICY_DEFAULT ? token_policy : c->policy;
+}

@@ -125,6 +125,12 @@ struct config {
 	char *source; /* where it came from, for messages */
 };
 
+/* The signing policy configured for a key with this CKA_ID and CKA_LABEL
+ * (either may be NULL): its [key] section, else its token's, else the
+ * module's. */
+enum sign_policy config_key_policy(const struct config *c, enum sign_policy token_policy, const CK_ATTRIBUTE *id,
+				   const CK_ATTRIBUTE *label);
+
 /* Parse text; `origin` names the source in messages. */
 CK_RV config_parse(const char *text, const char *origin, struct config **out);
 /* Find and parse per the order above.  pReserved may be NULL. */

@@ -1039,34 +1039,46 @@ static CK_RV set_key_type(struct attrs *a, CK_KEY_TYPE kt)
 	return attrs_has(a, CKA_KEY_TYPE) ? CKR_OK : attrs_set_ulong(a, CKA_KEY_TYPE, kt);
 }
 
+/* An RSA key pair's size and public exponent from the public template. */
+static CK_RV rsa_gen_params(const struct attrs *pub, CK_ULONG *bits, BIGNUM **e)
+{
+	*e = NULL;
+	if (!attrs_has(pub, CKA_MODULUS_BITS))
+		return CKR_TEMPLATE_INCOMPLETE;
+	if (!attrs_get_ulong(pub, CKA_MODULUS_BITS, bits))
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	if (*bits < RSA_GEN_MIN_BITS || *bits > RSA_GEN_MAX_BITS)
+		return CKR_KEY_SIZE_RANGE;
+	if (attrs_has(pub, CKA_PUBLIC_EXPONENT)) {
+		*e = attr_bn(pub, CKA_PUBLIC_EXPONENT, false, RSA_MAX_E_BYTES);
+		if (!*e || !BN_is_odd(*e) || BN_is_one(*e)) {
+			BN_free(*e);
+			*e = NULL;
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+		}
+		return CKR_OK;
+	}
+	*e = BN_new();
+	if (!*e || !BN_set_word(*e, RSA_DEFAULT_E)) {
+		BN_free(*e);
+		*e = NULL;
+		return CKR_HOST_MEMORY;
+	}
+	return CKR_OK;
+}
+
 static CK_RV rsa_generate(struct attrs *pub, struct attrs *priv)
 {
-	CK_RV rv = CKR_TEMPLATE_INCOMPLETE;
+	CK_RV rv;
 	CK_ULONG bits;
 	BIGNUM *e = NULL;
 	BIGNUM *bn[RSA_NPARTS] = {NULL};
 	EVP_PKEY_CTX *ctx = NULL;
 	EVP_PKEY *pkey = NULL;
 
-	if (!attrs_has(pub, CKA_MODULUS_BITS))
+	rv = rsa_gen_params(pub, &bits, &e);
+	if (rv != CKR_OK)
 		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (!attrs_get_ulong(pub, CKA_MODULUS_BITS, &bits))
-		goto out;
-	rv = CKR_KEY_SIZE_RANGE;
-	if (bits < RSA_GEN_MIN_BITS || bits > RSA_GEN_MAX_BITS)
-		goto out;
-	if (attrs_has(pub, CKA_PUBLIC_EXPONENT)) {
-		rv = CKR_ATTRIBUTE_VALUE_INVALID;
-		e = attr_bn(pub, CKA_PUBLIC_EXPONENT, false, RSA_MAX_E_BYTES);
-		if (!e || !BN_is_odd(e) || BN_is_one(e))
-			goto out;
-	} else {
-		rv = CKR_HOST_MEMORY;
-		e = BN_new();
-		if (!e || !BN_set_word(e, RSA_DEFAULT_E))
-			goto out;
-	}
 	rv = CKR_HOST_MEMORY;
 	ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
 	if (!ctx)
@@ -1211,6 +1223,48 @@ out:
 	return rv;
 }
 
+/* A secret key's length from its template. */
+static CK_RV secret_gen_len(const struct mech_info *mi, const struct attrs *key, CK_ULONG *len)
+{
+	if (!attrs_has(key, CKA_VALUE_LEN))
+		return CKR_TEMPLATE_INCOMPLETE;
+	if (!attrs_get_ulong(key, CKA_VALUE_LEN, len))
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	if (mi->key_type == CKK_AES ? (*len != 16 && *len != 24 && *len != 32)
+				    : (*len < 1 || *len > GENERIC_MAX_BYTES))
+		return CKR_KEY_SIZE_RANGE;
+	return CKR_OK;
+}
+
+CK_RV crypto_check_generate(const CK_MECHANISM *m, const struct attrs *pub, const struct attrs *key)
+{
+	const struct mech_info *mi;
+	CK_RV rv = mech_lookup(m, pub ? MECH_GENERATE_PAIR : MECH_GENERATE, &mi);
+	if (rv == CKR_OK && pub)
+		rv = check_key_type(pub, mi->key_type);
+	if (rv == CKR_OK)
+		rv = check_key_type(key, mi->key_type);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pub) {
+		CK_ULONG len;
+		return secret_gen_len(mi, key, &len);
+	}
+	if (mi->key_type == CKK_RSA) {
+		CK_ULONG bits;
+		BIGNUM *e = NULL;
+		rv = rsa_gen_params(pub, &bits, &e);
+		BN_free(e);
+		return rv;
+	}
+	const struct curve *c;
+	const CK_ATTRIBUTE *params = attrs_get(pub, CKA_EC_PARAMS), *priv_params = attrs_get(key, CKA_EC_PARAMS);
+	rv = curve_from_attr(params, mi->key_type, &c);
+	if (rv == CKR_OK && priv_params && !attrs_match(pub, priv_params))
+		rv = CKR_TEMPLATE_INCONSISTENT;
+	return rv;
+}
+
 CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key)
 {
 	CK_RV rv;
@@ -1224,15 +1278,8 @@ CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key)
 	rv = check_key_type(key, mi->key_type);
 	if (rv != CKR_OK)
 		goto out;
-	rv = CKR_TEMPLATE_INCOMPLETE;
-	if (!attrs_has(key, CKA_VALUE_LEN))
-		goto out;
-	rv = CKR_ATTRIBUTE_VALUE_INVALID;
-	if (!attrs_get_ulong(key, CKA_VALUE_LEN, &len))
-		goto out;
-	rv = CKR_KEY_SIZE_RANGE;
-	if (mi->key_type == CKK_AES ? (len != 16 && len != 24 && len != 32)
-				    : (len < 1 || len > GENERIC_MAX_BYTES))
+	rv = secret_gen_len(mi, key, &len);
+	if (rv != CKR_OK)
 		goto out;
 	rv = CKR_HOST_MEMORY;
 	v = kt_alloc_secret(len);
@@ -1527,39 +1574,77 @@ CK_MECHANISM_TYPE crypto_sign_hash_counterpart(const struct mech_info *mi)
 	return CKM_VENDOR_DEFINED;
 }
 
+/* What a device's signature with this key and mechanism looks like
+ * (size, input limits), checked like the module's own keys' before the
+ * device is asked anything. */
+struct remote_shape {
+	size_t out_len, in_max, in_exact;
+};
+
+static CK_RV remote_shape(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key,
+			  struct remote_shape *sh)
+{
+	CK_KEY_TYPE kt;
+	if (!mi || !m || !key || m->mechanism != mi->type)
+		return CKR_ARGUMENTS_BAD;
+	if (!(mi->ops & MECH_SIGN))
+		return CKR_MECHANISM_INVALID;
+	CK_RV rv = mi->check_param(m);
+	if (rv != CKR_OK)
+		return rv;
+	if (!key_type_of(key, &kt) || kt != mi->key_type)
+		return CKR_KEY_TYPE_INCONSISTENT;
+	CK_ULONG bits = crypto_key_bits(CKO_PRIVATE_KEY, key);
+	/* Without its size the key's signature cannot be announced. */
+	if (!bits || bits > 16384)
+		return CKR_KEY_SIZE_RANGE;
+	memset(sh, 0, sizeof(*sh));
+	sh->out_len = kt == CKK_RSA ? (bits + 7) / 8 : kt == CKK_EC ? 2 * ((bits + 7) / 8) : bits <= 255 ? 64 : 114;
+	sh->in_max = OP_MAX_INPUT;
+	if (mi->type == CKM_RSA_PKCS)
+		sh->in_max = sh->out_len > 11 ? sh->out_len - 11 : 0;
+	if (is_pss(mi->type)) {
+		const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+		const EVP_MD *md = md_of_mech(p->hashAlg), *mgf = md_of_mgf(p->mgf);
+		size_t em_len = (bits - 1 + 7) / 8, h_len;
+		if (!md || !mgf)
+			return CKR_MECHANISM_PARAM_INVALID;
+		h_len = (size_t)EVP_MD_get_size(md);
+		if (p->sLen > em_len || h_len + 2 > em_len - p->sLen)
+			return CKR_MECHANISM_PARAM_INVALID;
+		if (!mi->digest)
+			sh->in_max = sh->in_exact = h_len;
+	}
+	return CKR_OK;
+}
+
+CK_RV crypto_check_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key)
+{
+	struct remote_shape sh;
+	return remote_shape(mi, m, key, &sh);
+}
+
 CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key,
 			      const struct crypto_remote *remote, bool host_hash, struct crypto_op **out)
 {
-	CK_KEY_TYPE kt;
-	CK_RV rv = CKR_ARGUMENTS_BAD;
-	if (!mi || !m || !key || !remote || !out || m->mechanism != mi->type)
-		goto fail;
-	rv = CKR_MECHANISM_INVALID;
-	if (!(mi->ops & MECH_SIGN))
-		goto fail;
-	rv = mi->check_param(m);
-	if (rv != CKR_OK)
-		goto fail;
-	rv = CKR_KEY_TYPE_INCONSISTENT;
-	if (!key_type_of(key, &kt) || kt != mi->key_type)
-		goto fail;
-	CK_ULONG bits = crypto_key_bits(CKO_PRIVATE_KEY, key);
-	size_t out_len = kt == CKK_RSA ? (bits + 7) / 8 : kt == CKK_EC ? 2 * ((bits + 7) / 8)
-				       : bits <= 255 ? 64 : 114;
-	/* Without its size the key's signature cannot be announced. */
-	rv = CKR_KEY_SIZE_RANGE;
-	if (!bits || out_len > 1024)
-		goto fail;
-	rv = CKR_HOST_MEMORY;
-	struct crypto_op *op = calloc(1, sizeof(*op));
-	if (!op)
-		goto fail;
+	struct remote_shape sh;
+	CK_RV rv = remote && out ? remote_shape(mi, m, key, &sh) : CKR_ARGUMENTS_BAD;
+	struct crypto_op *op = NULL;
+	if (rv == CKR_OK) {
+		op = calloc(1, sizeof(*op));
+		rv = op ? CKR_OK : CKR_HOST_MEMORY;
+	}
+	if (rv != CKR_OK) {
+		/* The device's operation is ours to end. */
+		if (remote && remote->free)
+			remote->free(remote->ctx);
+		return rv;
+	}
 	op->mi = mi;
 	op->kind = OP_SIGN;
-	op->out_len = out_len;
-	op->in_max = OP_MAX_INPUT;
-	if (mi->type == CKM_RSA_PKCS)
-		op->in_max = out_len > 11 ? out_len - 11 : 0;
+	op->out_len = sh.out_len;
+	op->in_max = sh.in_max;
+	op->in_exact = sh.in_exact;
 	/* Hash-and-sign streams to the device (or into our hash); the rest
 	 * is one input. */
 	op->path = !mi->digest ? PATH_REMOTE_BUF : host_hash ? PATH_REMOTE_HASH : PATH_REMOTE_STREAM;
@@ -1567,11 +1652,6 @@ CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m,
 	op->remote = *remote;
 	*out = op;
 	return CKR_OK;
-fail:
-	/* The device's operation is ours to end. */
-	if (remote && remote->free)
-		remote->free(remote->ctx);
-	return rv;
 }
 
 bool crypto_op_remote(const struct crypto_op *op)

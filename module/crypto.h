@@ -60,6 +60,9 @@ CK_RV mech_lookup(const CK_MECHANISM *m, enum mech_op op, const struct mech_info
  * The params/CKA_EC_PARAMS are copied to priv too.
  */
 CK_RV crypto_generate_key_pair(const CK_MECHANISM *m, struct attrs *pub, struct attrs *priv);
+/* The same checks of the templates, generating nothing (pub == NULL: a
+ * secret key in `key`): a device that generates keeps the module's limits. */
+CK_RV crypto_check_generate(const CK_MECHANISM *m, const struct attrs *pub, const struct attrs *key);
 CK_RV crypto_generate_key(const CK_MECHANISM *m, struct attrs *key);
 
 /* C_CreateObject / C_UnwrapKey of a key: check the material the template
@@ -127,6 +130,8 @@ CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m,
  * CKM_RSA_PKCS, CKM_RSA_PKCS_PSS with the same parameters), for devices
  * that sign hashes only (host_hash above); CKM_VENDOR_DEFINED if none. */
 CK_MECHANISM_TYPE crypto_sign_hash_counterpart(const struct mech_info *mi);
+/* Those checks alone, before the device is asked to start. */
+CK_RV crypto_check_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key);
 bool crypto_op_remote(const struct crypto_op *op);
 /* CKU_CONTEXT_SPECIFIC for a remote op: the device checks the PIN. */
 CK_RV crypto_op_login(struct crypto_op *op, const CK_UTF8CHAR *pin, CK_ULONG len);

@@ -966,8 +966,10 @@ static CK_RV kt_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 	} else {
 		struct object_actor who = actor_of(s);
 		rv = object_modify(copy, tmpl, true, &who);
+		if (rv == CKR_OK)
+			rv = may_write_object(s, object_is_token(copy), object_is_private(copy));
 		if (rv == CKR_OK) {
-			rv = object_store(s, copy, phNewObject);
+			rv = token_object_copy(s->token, s->handle, o, copy, phNewObject);
 			copy = NULL;
 		}
 	}
@@ -1175,9 +1177,20 @@ static CK_RV kt_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE h
 		if (!logged_in_user(t))
 			hide = true;
 	}
-	bool disclosed = false;
-	if (rv == CKR_OK) {
+	bool disclosed = false, found = rv == CKR_OK;
+	struct attrs *view = NULL;
+	if (rv == CKR_OK)
+		rv = token_object_view(t, o, pTemplate, ulCount, &view);
+	if (rv == CKR_OK && view) {
+		/* A device key's readable material, for this read only. */
+		struct object shown = *o;
+		shown.attrs = view;
+		rv = read_attributes(&shown, pTemplate, ulCount, hide);
+		attrs_free(view);
+	} else if (rv == CKR_OK) {
 		rv = read_attributes(o, pTemplate, ulCount, hide);
+	}
+	if (found) {
 		disclosed = personal && !hide && disclosed_values(o, pTemplate, ulCount);
 		if (disclosed && !facts.certificate)
 			holder_facts_get(t, o, &facts);
@@ -1818,7 +1831,9 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 	} else if (sign && key->on_device) {
 		/* The device signs; the module checks and accounts. */
 		remote_attrs = attrs_dup(key->attrs);
-		rv = remote_attrs ? token_sign_remote(t, key, m, mi, &remote, &host_hash) : CKR_HOST_MEMORY;
+		rv = remote_attrs ? crypto_check_remote(mi, m, remote_attrs) : CKR_HOST_MEMORY;
+		if (rv == CKR_OK)
+			rv = token_sign_remote(t, key, m, mi, &remote, &host_hash);
 		if (rv == CKR_OK)
 			have_remote = true;
 	} else {
@@ -2060,7 +2075,9 @@ static CK_RV kt_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 	if (rv == CKR_OK)
 		rv = may_write_object(s, object_is_token(a), object_is_private(a));
 	if (rv == CKR_OK && token_is_device(s->token)) {
-		rv = token_sync(s->token);
+		rv = crypto_check_generate(pMechanism, NULL, a);
+		if (rv == CKR_OK)
+			rv = token_sync(s->token);
 		if (rv == CKR_OK)
 			rv = token_generate_remote(s->token, s->handle, pMechanism, NULL, a, NULL, phKey);
 		a = NULL;
@@ -2122,7 +2139,9 @@ static CK_RV kt_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMe
 	if (rv == CKR_OK && token_is_device(t)) {
 		/* Made on the device, never seen by the module (session keys
 		 * too: the device's session objects). */
-		rv = token_sync(t);
+		rv = crypto_check_generate(pMechanism, pub, priv);
+		if (rv == CKR_OK)
+			rv = token_sync(t);
 		if (rv == CKR_OK)
 			rv = token_generate_remote(t, s->handle, pMechanism, pub, priv, phPublicKey, phPrivateKey);
 		pub = priv = NULL;
@@ -2203,6 +2222,9 @@ static CK_RV kt_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 		rv = CKR_KEY_NOT_WRAPPABLE;
 	} else if (!k->complete || !wk->complete) {
 		rv = CKR_USER_NOT_LOGGED_IN;
+	} else if (wk->on_device || k->on_device) {
+		/* The device wraps what only it holds. */
+		rv = token_wrap_remote(t, pMechanism, wk, k, pWrappedKey, pulWrappedKeyLen);
 	} else {
 		const CK_ATTRIBUTE *v = attrs_get(k->attrs, CKA_VALUE);
 		rv = v ? crypto_wrap(pMechanism, wk->attrs, v->pValue, v->ulValueLen, pWrappedKey,
@@ -2266,6 +2288,13 @@ static CK_RV kt_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanis
 	}
 	if (rv == CKR_OK)
 		rv = may_write_object(s, object_is_token(a), object_is_private(a));
+	if (rv == CKR_OK && uk->on_device) {
+		/* Unwrapped on the device, into the device. */
+		rv = token_unwrap_remote(t, s->handle, pMechanism, uk, pWrappedKey, ulWrappedKeyLen, a, phKey);
+		a = NULL;
+		token_unlock(t);
+		goto out;
+	}
 	if (rv == CKR_OK)
 		rv = crypto_unwrap(pMechanism, uk->attrs, pWrappedKey, ulWrappedKeyLen, &value, &value_len);
 	if (rv == CKR_OK) {

@@ -6,12 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/x509.h>
 
+#include "koltamga/pkcs11v.h"
 #include "crypto.h"
 #include "log.h"
 #include "object.h"
@@ -175,12 +177,122 @@ static void objects_drop(struct token *t, bool token_objects, bool private_only)
 	}
 }
 
+/*
+ * koltamga's marks on a device's objects.  A device cannot keep koltamga's
+ * own attributes, but a key marked compromised must stay so: the marks
+ * (CKA_KT_COMPROMISED, its reason) live beside the compromise reports, in
+ * <compromise_reports>/.device-<token serial>.marks, one line per change:
+ * "<class> <CKA_ID hex>-<CKA_LABEL hex> <reason hex>", appended and
+ * synced, the last line for an object winning.  Marks are only ever set.
+ */
+static CK_RV make_dirs(const char *dir);
+
+static char *marks_path(const struct token *t)
+{
+	char *p = NULL;
+	if (!config || !config->compromise_dir || !t->state.serial[0])
+		return NULL;
+	if (asprintf(&p, "%s/.device-%s.marks", config->compromise_dir, t->state.serial) < 0)
+		return NULL;
+	return p;
+}
+
+static char *hex_of(const CK_ATTRIBUTE *a)
+{
+	size_t n = a ? a->ulValueLen : 0;
+	char *h = malloc(2 * n + 1);
+	if (h)
+		kt_hex(h, n ? a->pValue : "", n);
+	return h;
+}
+
+/* "<class> <id>-<label>": which object a mark is for. */
+static char *mark_key(const struct attrs *a)
+{
+	char *id = hex_of(attrs_get(a, CKA_ID)), *label = hex_of(attrs_get(a, CKA_LABEL)), *k = NULL;
+	if (id && label && asprintf(&k, "%lu %s-%s", object_class(a), id, label) < 0)
+		k = NULL;
+	free(id);
+	free(label);
+	return k;
+}
+
+static CK_RV marks_save(struct token *t, const struct attrs *a, const CK_ATTRIBUTE *reason)
+{
+	char *path = marks_path(t), *key = mark_key(a), *why = hex_of(reason);
+	CK_RV rv = CKR_HOST_MEMORY;
+	if (!path) {
+		rv = CKR_ATTRIBUTE_TYPE_INVALID;
+		kt_log("%s: nowhere to keep a compromise mark (compromise_reports)", t->path);
+	} else if (key && why) {
+		rv = make_dirs(config->compromise_dir);
+		int fd = rv == CKR_OK ? open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : -1;
+		if (rv == CKR_OK && fd < 0)
+			rv = CKR_DEVICE_ERROR;
+		if (fd >= 0) {
+			char *line = NULL;
+			int n = asprintf(&line, "%s %s\n", key, why);
+			rv = n > 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0 ? CKR_OK : CKR_DEVICE_ERROR;
+			free(line);
+			close(fd);
+		}
+		if (rv != CKR_OK)
+			kt_log("%s: cannot record a compromise mark in %s", t->path, path);
+	}
+	free(path);
+	free(key);
+	free(why);
+	return rv;
+}
+
+static void marks_apply(struct token *t, struct attrs *a)
+{
+	char *path = marks_path(t), *key = path ? mark_key(a) : NULL;
+	FILE *fp = key ? fopen(path, "re") : NULL;
+	char line[4096];
+	size_t kl = key ? strlen(key) : 0;
+	while (fp && fgets(line, sizeof(line), fp)) {
+		if (strncmp(line, key, kl) != 0 || line[kl] != ' ')
+			continue;
+		char *why = line + kl + 1;
+		size_t wl = strcspn(why, "\n");
+		CK_BYTE reason[2048];
+		size_t n = 0;
+		for (; n < sizeof(reason) && 2 * n + 1 < wl; n++) {
+			int hi = kt_hex_digit(why[2 * n]), lo = kt_hex_digit(why[2 * n + 1]);
+			if (hi < 0 || lo < 0)
+				break;
+			reason[n] = (CK_BYTE)(hi << 4 | lo);
+		}
+		attrs_set_bool(a, CKA_KT_COMPROMISED, true);
+		attrs_set(a, CKA_KT_COMPROMISE_REASON, reason, (CK_ULONG)n);
+	}
+	if (fp)
+		fclose(fp);
+	free(path);
+	free(key);
+}
+
 /* What the module adds to a device's object as it does to its own at
  * creation.  A certificate it cannot parse is still shown, underived. */
 static void device_complete(struct token *t, struct attrs *attrs)
 {
-	if (object_class(attrs) == CKO_CERTIFICATE && object_derive_certificate(attrs) != CKR_OK)
+	CK_OBJECT_CLASS cls = object_class(attrs);
+	if (cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY || cls == CKO_CERTIFICATE) {
+		marks_apply(t, attrs);
+		if (!attrs_has(attrs, CKA_KT_COMPROMISED))
+			attrs_set_bool(attrs, CKA_KT_COMPROMISED, false);
+	}
+	if (cls == CKO_CERTIFICATE && object_derive_certificate(attrs) != CKR_OK)
 		kt_log("%s: a certificate on the device is not valid X.509 DER", t->path);
+	/* A device cannot keep koltamga's policy attribute: its keys get
+	 * the configured policy each time they are loaded. */
+	if (cls == CKO_PRIVATE_KEY) {
+		enum sign_policy p = config_key_policy(config, t->policy, attrs_get(attrs, CKA_ID),
+						       attrs_get(attrs, CKA_LABEL));
+		attrs_set_ulong(attrs, CKA_KT_SIGN_POLICY,
+				p == POLICY_AUTOMATIC ? CK_KT_POLICY_AUTOMATIC : CK_KT_POLICY_CONFIRM);
+	}
 }
 
 static CK_RV load_cb(void *ctx, uint64_t id, struct attrs *attrs, bool complete)
@@ -842,11 +954,25 @@ static CK_RV device_set(struct token *t, const struct object *o, const struct at
 {
 	struct attrs *changes = attrs_new();
 	CK_RV rv = changes ? CKR_OK : CKR_HOST_MEMORY;
+	bool marked = false;
 	for (size_t i = 0; i < attrs_count(attrs) && rv == CKR_OK; i++) {
 		const CK_ATTRIBUTE *at = attrs_at(attrs, i);
-		if (!attrs_match(o->attrs, at))
+		if (attrs_match(o->attrs, at))
+			continue;
+		if (at->type == CKA_KT_COMPROMISED || at->type == CKA_KT_COMPROMISE_REASON)
+			marked = true;
+		else
 			rv = attrs_set(changes, at->type, at->pValue, at->ulValueLen);
 	}
+	/* The mark first: a device that then refuses the rest leaves the
+	 * key marked, the safe side. */
+	if (rv == CKR_OK && marked && attrs_bool(attrs, CKA_KT_COMPROMISED, false) &&
+	    marks_save(t, o->attrs, attrs_get(attrs, CKA_KT_COMPROMISE_REASON)) != CKR_OK)
+		/* Unmarking is no option: the key stays refused in this
+		 * process, and the log says the mark did not persist. */
+		kt_log("%s: the compromise mark holds until this process ends only", t->path);
+	/* A reason on an unmarked object is kept in memory only: it means
+	 * something once a mark comes, and the mark saves it then. */
 	if (rv == CKR_OK && attrs_count(changes))
 		rv = t->ops->object_set(t->store, o->handle, changes);
 	attrs_free(changes);
@@ -865,6 +991,14 @@ CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attr
 		struct attrs *now = NULL;
 		if (t->ops->object_read && t->ops->object_read(t->store, o->handle, &now) == CKR_OK) {
 			device_complete(t, now);
+			/* koltamga's marks as just set, kept even where they
+			 * could not be written down. */
+			const CK_ATTRIBUTE *m = attrs_get(attrs, CKA_KT_COMPROMISED);
+			const CK_ATTRIBUTE *why = attrs_get(attrs, CKA_KT_COMPROMISE_REASON);
+			if (m)
+				attrs_set(now, m->type, m->pValue, m->ulValueLen);
+			if (why)
+				attrs_set(now, why->type, why->pValue, why->ulValueLen);
 			attrs_free(attrs);
 			attrs = now;
 		}
@@ -1095,6 +1229,7 @@ CK_RV token_generate_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_M
 		attrs_free(priv_now);
 		return CKR_DEVICE_ERROR;
 	}
+	device_complete(t, priv_now);
 	rv = object_insert(t, (CK_OBJECT_HANDLE)priv_id, object_is_token(priv_now) ? 0 : owner, priv_now, true);
 	if (rv == CKR_OK && pub_now && !object_is_token(pub_now)) {
 		/* A session public key: public data, kept by the module like
@@ -1117,4 +1252,86 @@ CK_RV token_generate_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_M
 	*priv_handle = (CK_OBJECT_HANDLE)priv_id;
 	device_public_key_info(t);
 	return CKR_OK;
+}
+
+/* The new object a device made (copy, unwrap): read back and shown. */
+static CK_RV device_adopt(struct token *t, CK_SESSION_HANDLE owner, uint64_t id, CK_OBJECT_HANDLE *handle)
+{
+	struct attrs *now = NULL;
+	if (id == 0 || id >= SESSION_HANDLE_BASE) {
+		t->ops->object_delete(t->store, id);
+		return CKR_DEVICE_ERROR;
+	}
+	CK_RV rv = t->ops->object_read(t->store, id, &now);
+	if (rv != CKR_OK) {
+		t->ops->object_delete(t->store, id);
+		return rv;
+	}
+	device_complete(t, now);
+	rv = object_insert(t, (CK_OBJECT_HANDLE)id, object_is_token(now) ? 0 : owner, now, true);
+	if (rv == CKR_OK)
+		*handle = (CK_OBJECT_HANDLE)id;
+	return rv;
+}
+
+CK_RV token_object_copy(struct token *t, CK_SESSION_HANDLE owner, const struct object *o, struct attrs *copy,
+			CK_OBJECT_HANDLE *handle)
+{
+	if (!o->on_device)
+		return token_object_add(t, owner, copy, handle);
+	/* The device copies what it holds (key material included, which
+	 * the module never saw); only the changes go with it. */
+	struct attrs *changes = attrs_new();
+	CK_RV rv = changes ? CKR_OK : CKR_HOST_MEMORY;
+	for (size_t i = 0; i < attrs_count(copy) && rv == CKR_OK; i++) {
+		const CK_ATTRIBUTE *at = attrs_at(copy, i);
+		if (!attrs_match(o->attrs, at))
+			rv = attrs_set(changes, at->type, at->pValue, at->ulValueLen);
+	}
+	attrs_free(copy);
+	uint64_t id = 0;
+	if (rv == CKR_OK)
+		rv = t->ops->object_copy(t->store, o->handle, changes, &id);
+	attrs_free(changes);
+	return rv == CKR_OK ? device_adopt(t, owner, id, handle) : rv;
+}
+
+CK_RV token_object_view(struct token *t, const struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count,
+			struct attrs **view)
+{
+	*view = NULL;
+	if (!o->on_device || !t->ops->object_secret)
+		return CKR_OK;
+	for (CK_ULONG i = 0; i < count; i++) {
+		CK_ATTRIBUTE_TYPE type = tmpl[i].type;
+		if (!token_attr_is_secret(o->cls, type) || attrs_has(o->attrs, type) ||
+		    object_value_hidden(o->attrs, type))
+			continue;
+		if (!*view && !(*view = attrs_dup(o->attrs)))
+			return CKR_HOST_MEMORY;
+		CK_RV rv = t->ops->object_secret(t->store, o->handle, type, *view);
+		if (rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID) {
+			attrs_free(*view);
+			*view = NULL;
+			return rv;
+		}
+	}
+	return CKR_OK;
+}
+
+CK_RV token_wrap_remote(struct token *t, const CK_MECHANISM *m, const struct object *wk, const struct object *k,
+			CK_BYTE *out, CK_ULONG *out_len)
+{
+	if (!wk->on_device || !k->on_device)
+		return CKR_KEY_NOT_WRAPPABLE;
+	return t->ops->wrap(t->store, m, wk->handle, k->handle, out, out_len);
+}
+
+CK_RV token_unwrap_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_MECHANISM *m, const struct object *uk,
+			  const CK_BYTE *in, CK_ULONG in_len, struct attrs *tmpl, CK_OBJECT_HANDLE *handle)
+{
+	uint64_t id = 0;
+	CK_RV rv = t->ops->unwrap(t->store, m, uk->handle, in, in_len, tmpl, &id);
+	attrs_free(tmpl);
+	return rv == CKR_OK ? device_adopt(t, owner, id, handle) : rv;
 }

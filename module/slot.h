@@ -131,6 +131,21 @@ bool token_is_device(const struct token *t);
  * device that only signs hashes, *host_hash says the module hashes. */
 CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECHANISM *m,
 			const struct mech_info *mi, struct crypto_remote *out, bool *host_hash);
+/* C_CopyObject: on a device the device copies (`copy` is the new object's
+ * attributes as the module worked them out; taken). */
+CK_RV token_object_copy(struct token *t, CK_SESSION_HANDLE owner, const struct object *o, struct attrs *copy,
+			CK_OBJECT_HANDLE *handle);
+/* For a read of a device key's material that the module's rules allow
+ * (not sensitive, extractable): *view is a copy of the object's
+ * attributes with those values, asked of the device now (free it); NULL
+ * when nothing needs asking. */
+CK_RV token_object_view(struct token *t, const struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count,
+			struct attrs **view);
+/* Key wrapping with a device's keys, on the device. */
+CK_RV token_wrap_remote(struct token *t, const CK_MECHANISM *m, const struct object *wk, const struct object *k,
+			CK_BYTE *out, CK_ULONG *out_len);
+CK_RV token_unwrap_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_MECHANISM *m, const struct object *uk,
+			  const CK_BYTE *in, CK_ULONG in_len, struct attrs *tmpl, CK_OBJECT_HANDLE *handle);
 /* Generate a key (pub == NULL) or key pair on a device, the private or
  * secret key a token object (a session public key is kept by the module
  * for `owner`); the attribute sets are taken (also on failure). */

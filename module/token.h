@@ -127,6 +127,18 @@ struct token_ops {
 	 * attributes that change, as C_SetAttributeValue gives them (the
 	 * device keeps the rest, and refuses koltamga's own attributes). */
 	CK_RV (*object_set)(struct token_store *t, uint64_t id, const struct attrs *changes);
+	/* C_CopyObject on the device, with the attributes that change. */
+	CK_RV (*object_copy)(struct token_store *t, uint64_t id, const struct attrs *changes, uint64_t *new_id);
+	/* One key-material attribute of a key the module's rules let the
+	 * caller read (not sensitive, extractable): asked of the device for
+	 * this read only, never kept. */
+	CK_RV (*object_secret)(struct token_store *t, uint64_t id, CK_ATTRIBUTE_TYPE type, struct attrs *into);
+	/* C_WrapKey / C_UnwrapKey with the device's keys (the module has
+	 * checked both keys' attributes); unwrap returns the new key's id. */
+	CK_RV (*wrap)(struct token_store *t, const CK_MECHANISM *m, uint64_t wrapping, uint64_t key, CK_BYTE *out,
+		      CK_ULONG *out_len);
+	CK_RV (*unwrap)(struct token_store *t, const CK_MECHANISM *m, uint64_t unwrapping, const CK_BYTE *in,
+			CK_ULONG in_len, const struct attrs *tmpl, uint64_t *id);
 	/* An object's attributes as the device has them now. */
 	CK_RV (*object_read)(struct token_store *t, uint64_t id, struct attrs **out);
 	CK_RV (*generate)(struct token_store *t, const CK_MECHANISM *m, const struct attrs *pub,

@@ -35,26 +35,10 @@ void signing_flush(void)
 	audit_shutdown();
 }
 
-static bool same_bytes(const CK_ATTRIBUTE *a, const void *p, size_t n)
-{
-	return a && a->ulValueLen == n && (n == 0 || memcmp(a->pValue, p, n) == 0);
-}
-
-/* The configured policy for a key: its [key] section, else its token's,
- * else the module's. */
+/* The configured policy for a key (config.c). */
 static enum sign_policy policy_for(enum sign_policy token_policy, const struct attrs *priv)
 {
-	enum sign_policy p = token_policy != POLICY_DEFAULT ? token_policy : conf->policy;
-	const CK_ATTRIBUTE *id = attrs_get(priv, CKA_ID), *label = attrs_get(priv, CKA_LABEL);
-	for (size_t i = 0; i < conf->n_keys; i++) {
-		const struct config_key *k = &conf->keys[i];
-		if ((k->id && same_bytes(id, k->id, k->id_len)) ||
-		    (k->label && same_bytes(label, k->label, strlen(k->label)))) {
-			p = k->policy;
-			break;
-		}
-	}
-	return p;
+	return config_key_policy(conf, token_policy, attrs_get(priv, CKA_ID), attrs_get(priv, CKA_LABEL));
 }
 
 CK_RV signing_assign(enum sign_policy token_policy, struct attrs *priv)
@@ -155,14 +139,8 @@ CK_RV signing_begin(struct crypto_state *c, struct token *t, CK_SESSION_HANDLE s
 		    CK_MECHANISM_TYPE mech)
 {
 	CK_ULONG policy = CK_KT_POLICY_CONFIRM;
-	/* A key from before policies existed is treated as the law's default.
-	 * A device cannot keep koltamga's attribute: its keys' policy comes
-	 * from the configuration at every use. */
-	if (t->state.device)
-		policy = policy_for(t->policy, key) == POLICY_AUTOMATIC ? CK_KT_POLICY_AUTOMATIC
-									: CK_KT_POLICY_CONFIRM;
-	else
-		attrs_get_ulong(key, CKA_KT_SIGN_POLICY, &policy);
+	/* A key from before policies existed is treated as the law's default. */
+	attrs_get_ulong(key, CKA_KT_SIGN_POLICY, &policy);
 	c->policy = policy;
 	c->hash_only = mechanism_hash_only(mech);
 	c->key_label = text_of(key, CKA_LABEL);

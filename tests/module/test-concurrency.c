@@ -288,6 +288,7 @@ static void reap(pid_t pid)
 
 static void test_two_processes_objects(void **state)
 {
+	FX_FILE_TOKEN_ONLY("objects another process puts on a device appear at the next login or C_Initialize");
 	CK_ATTRIBUTE by_a = { CKA_LABEL, "from-a", 6 };
 	CK_ATTRIBUTE by_b = { CKA_LABEL, "from-b", 6 };
 	CK_ATTRIBUTE by_parent = { CKA_LABEL, "from-parent", 11 };
@@ -343,6 +344,7 @@ static int child_wrong_pins(const char *unused, int n)
 
 static void test_two_processes_pin_counter(void **state)
 {
+	FX_FILE_TOKEN_ONLY("a device counts wrong PINs itself (SoftHSM2 never locks)");
 	CK_TOKEN_INFO ti;
 	CK_RV rv;
 

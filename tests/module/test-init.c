@@ -419,6 +419,7 @@ static CK_FLAGS token_flags(CK_SLOT_ID slot)
 
 static void test_pin_counter(void **state)
 {
+	FX_FILE_TOKEN_ONLY("a device counts wrong PINs itself (SoftHSM2 never locks)");
 	CK_SLOT_ID slot;
 	CK_SESSION_HANDLE s;
 	CK_RV rv;
@@ -482,6 +483,7 @@ static CK_ULONG slot_count(void)
 
 static void test_init_token(void **state)
 {
+	FX_FILE_TOKEN_ONLY("a device token has no empty slot for new tokens");
 	CK_SLOT_ID slot, empty;
 	CK_SESSION_HANDLE s;
 	CK_UTF8CHAR label[32];
@@ -754,6 +756,7 @@ static bool file_equals(const char *path, const unsigned char *want, size_t len)
 
 static void test_corrupt_store(void **state)
 {
+	FX_FILE_TOKEN_ONLY("the store file is the file token's");
 	unsigned char garbage[1024];
 	char path[PATH_MAX + 16];
 	CK_SLOT_ID slots[64];
@@ -817,6 +820,7 @@ static bool dontdump_mapping(unsigned long kib)
  * private key material of a new key pair is in it. */
 static void test_secure_heap(void **state)
 {
+	FX_FILE_TOKEN_ONLY("a device's keys are never in this process's memory");
 	(void)state;
 	FX_KOLTAMGA_ONLY();
 	assert_true(CRYPTO_secure_malloc_initialized());

@@ -1119,7 +1119,12 @@ static void test_wrap_unwrap(void **state)
 	{
 		CK_RV rv = F->C_UnwrapKey(s, &kw, wrapping, wrapped, wl, ut, FX_COUNT(ut), &unwrapped);
 
-		if (rv != CKR_ENCRYPTED_DATA_INVALID)
+		/* SoftHSM2 answers CKR_GENERAL_ERROR, which koltamga passes on
+		 * from a device as CKR_DEVICE_ERROR (never as its own failure). */
+		if (fx.device)
+			assert_true(rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_ENCRYPTED_DATA_INVALID ||
+				    rv == CKR_DEVICE_ERROR);
+		else if (rv != CKR_ENCRYPTED_DATA_INVALID)
 			FX_ASSERT_RV(rv, CKR_WRAPPED_KEY_INVALID, CKR_GENERAL_ERROR);
 	}
 	assert_int_equal(F->C_UnwrapKey(s, &kw, wrapping, wrapped, 13, ut, FX_COUNT(ut), &unwrapped),

@@ -1057,6 +1057,79 @@ static CK_RV p11_object_set(struct token_store *t, uint64_t id, const struct att
 	return rv;
 }
 
+static CK_RV p11_object_copy(struct token_store *t, uint64_t id, const struct attrs *changes, uint64_t *new_id)
+{
+	CK_SESSION_HANDLE s;
+	CK_ATTRIBUTE *tmpl = NULL;
+	CK_ULONG n = 0;
+	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+	CK_RV rv = anchor(t, &s);
+	for (size_t i = 0; rv == CKR_OK && i < attrs_count(changes); i++)
+		if (attrs_at(changes, i)->type & CKA_VENDOR_DEFINED)
+			rv = CKR_ATTRIBUTE_TYPE_INVALID;
+	if (rv == CKR_OK)
+		rv = to_template(changes, false, &tmpl, &n);
+	if (rv == CKR_OK)
+		rv = map_rv(t, t->f->C_CopyObject(s, (CK_OBJECT_HANDLE)id, tmpl, n, &h));
+	free(tmpl);
+	if (rv == CKR_OK)
+		*new_id = h;
+	return rv;
+}
+
+static CK_RV p11_object_secret(struct token_store *t, uint64_t id, CK_ATTRIBUTE_TYPE type, struct attrs *into)
+{
+	CK_SESSION_HANDLE s;
+	CK_ATTRIBUTE a = { type, NULL, 0 };
+	CK_RV rv = anchor(t, &s);
+	if (rv == CKR_OK)
+		rv = t->f->C_GetAttributeValue(s, (CK_OBJECT_HANDLE)id, &a, 1);
+	if (rv == CKR_OK && (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > ATTR_MAX_LEN))
+		rv = CKR_ATTRIBUTE_SENSITIVE;
+	if (rv != CKR_OK)
+		return rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID ? rv : map_rv(t, rv);
+	a.pValue = kt_alloc_secret(a.ulValueLen ? a.ulValueLen : 1);
+	if (!a.pValue)
+		return CKR_HOST_MEMORY;
+	rv = t->f->C_GetAttributeValue(s, (CK_OBJECT_HANDLE)id, &a, 1);
+	if (rv == CKR_OK)
+		rv = attrs_set(into, type, a.pValue, a.ulValueLen);
+	else
+		rv = rv == CKR_ATTRIBUTE_SENSITIVE ? rv : map_rv(t, rv);
+	kt_free_secret(a.pValue, a.ulValueLen ? a.ulValueLen : 1);
+	return rv;
+}
+
+static CK_RV p11_wrap(struct token_store *t, const CK_MECHANISM *m, uint64_t wrapping, uint64_t key, CK_BYTE *out,
+		      CK_ULONG *out_len)
+{
+	CK_SESSION_HANDLE s;
+	CK_RV rv = anchor(t, &s);
+	if (rv == CKR_OK)
+		rv = map_rv(t, t->f->C_WrapKey(s, (CK_MECHANISM_PTR)m, (CK_OBJECT_HANDLE)wrapping,
+					       (CK_OBJECT_HANDLE)key, out, out_len));
+	return rv;
+}
+
+static CK_RV p11_unwrap(struct token_store *t, const CK_MECHANISM *m, uint64_t unwrapping, const CK_BYTE *in,
+			CK_ULONG in_len, const struct attrs *attrs, uint64_t *id)
+{
+	CK_SESSION_HANDLE s;
+	CK_ATTRIBUTE *tmpl = NULL;
+	CK_ULONG n = 0;
+	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+	CK_RV rv = anchor(t, &s);
+	if (rv == CKR_OK)
+		rv = to_template(attrs, false, &tmpl, &n);
+	if (rv == CKR_OK)
+		rv = map_rv(t, t->f->C_UnwrapKey(s, (CK_MECHANISM_PTR)m, (CK_OBJECT_HANDLE)unwrapping,
+						 (CK_BYTE_PTR)in, in_len, tmpl, n, &h));
+	free(tmpl);
+	if (rv == CKR_OK)
+		*id = h;
+	return rv;
+}
+
 static CK_RV p11_object_delete(struct token_store *t, uint64_t id)
 {
 	CK_SESSION_HANDLE s;
@@ -1227,5 +1300,9 @@ const struct token_ops pkcs11_token_ops = {
 	.op_free = p11_op_free,
 	.object_read = p11_object_read,
 	.object_set = p11_object_set,
+	.object_copy = p11_object_copy,
+	.object_secret = p11_object_secret,
+	.wrap = p11_wrap,
+	.unwrap = p11_unwrap,
 	.generate = p11_generate,
 };
