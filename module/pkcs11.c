@@ -154,9 +154,18 @@ static bool pin_len_plausible(CK_ULONG len)
 	return len >= 1 && len <= PIN_MAX_LEN;
 }
 
-static CK_RV check_pin_len(CK_ULONG len)
+/* A device with its own PIN pad takes PINs there: NULL PINs are for it. */
+static bool pinpad(const struct token *t)
+{
+	return t->state.device && (t->state.info.flags & CKF_PROTECTED_AUTHENTICATION_PATH);
+}
+
+/* A device keeps its own PIN rules (its token information shows them). */
+static CK_RV check_pin_len(const struct token *t, CK_ULONG len)
 {
 	const struct config *c = slot_config();
+	if (token_is_device(t))
+		return CKR_OK;
 	if (len < c->min_pin_len || len > c->max_pin_len)
 		return CKR_PIN_LEN_RANGE;
 	return CKR_OK;
@@ -510,16 +519,28 @@ static CK_RV kt_GetMechanismList_entered(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PT
 	CK_RV rv = CKR_OK;
 	if (!pulCount)
 		return CKR_ARGUMENTS_BAD;
-	if (!slot_get(slotID))
+	struct token *t = slot_get(slotID);
+	if (!t)
 		return CKR_SLOT_ID_INVALID;
-	CK_ULONG n = mech_count();
-	if (pList) {
-		if (*pulCount < n)
-			rv = CKR_BUFFER_TOO_SMALL;
-		else
-			for (CK_ULONG i = 0; i < n; i++)
-				pList[i] = mech_at(i)->type;
+	token_lock(t);
+	if (token_is_device(t)) {
+		token_sync(t);
+		if (!token_present(t)) {
+			token_unlock(t);
+			return CKR_TOKEN_NOT_PRESENT;
+		}
 	}
+	CK_ULONG n = 0;
+	for (size_t i = 0; i < mech_count(); i++) {
+		if (!token_mechanism_flags(t, mech_at(i)))
+			continue;
+		if (pList && n < *pulCount)
+			pList[n] = mech_at(i)->type;
+		n++;
+	}
+	token_unlock(t);
+	if (pList && *pulCount < n)
+		rv = CKR_BUFFER_TOO_SMALL;
 	*pulCount = n;
 	return rv;
 }
@@ -538,14 +559,25 @@ static CK_RV kt_GetMechanismInfo_entered(CK_SLOT_ID slotID, CK_MECHANISM_TYPE ty
 {
 	if (!pInfo)
 		return CKR_ARGUMENTS_BAD;
-	if (!slot_get(slotID))
+	struct token *t = slot_get(slotID);
+	if (!t)
 		return CKR_SLOT_ID_INVALID;
 	const struct mech_info *mi = mech_find(type);
 	if (!mi)
 		return CKR_MECHANISM_INVALID;
+	token_lock(t);
+	if (token_is_device(t))
+		token_sync(t);
+	CK_RV rv = token_present(t) ? CKR_OK : CKR_TOKEN_NOT_PRESENT;
+	CK_FLAGS flags = rv == CKR_OK ? token_mechanism_flags(t, mi) : 0;
+	token_unlock(t);
+	if (rv != CKR_OK)
+		return rv;
+	if (!flags)
+		return CKR_MECHANISM_INVALID;
 	pInfo->ulMinKeySize = mi->min_key_size;
 	pInfo->ulMaxKeySize = mi->max_key_size;
-	pInfo->flags = mi->flags;
+	pInfo->flags = flags;
 	return CKR_OK;
 }
 
@@ -562,12 +594,17 @@ static CK_RV kt_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_M
 static CK_RV kt_InitToken_entered(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel)
 {
 	CK_RV rv = CKR_OK;
-	if (!pLabel || !pPin)
+	if (!pLabel)
 		return CKR_ARGUMENTS_BAD;
 	struct token *t = slot_get(slotID);
 	if (!t)
 		return CKR_SLOT_ID_INVALID;
-	rv = check_pin_len(ulPinLen);
+	token_lock(t);
+	bool pad = pinpad(t);
+	token_unlock(t);
+	if (!pPin && !pad)
+		return CKR_ARGUMENTS_BAD;
+	rv = pPin ? check_pin_len(t, ulPinLen) : CKR_OK;
 	if (rv != CKR_OK)
 		return rv;
 	/* The label is 32 blank-padded bytes; trailing blanks or NULs go. */
@@ -602,17 +639,14 @@ static CK_RV kt_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULO
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	if (!pPin) {
-		rv = CKR_ARGUMENTS_BAD;
-		goto out;
-	}
 	token_lock(s->token);
-	if (s->token->login != CKU_SO || !session_is_rw(s))
+	if (!pPin && !pinpad(s->token))
+		rv = CKR_ARGUMENTS_BAD;
+	else if (s->token->login != CKU_SO || !session_is_rw(s))
 		rv = CKR_USER_NOT_LOGGED_IN;
-	else if ((rv = check_pin_len(ulPinLen)) == CKR_OK)
-		rv = token_init_pin(s->token, pPin, ulPinLen);
+	else if ((rv = pPin ? check_pin_len(s->token, ulPinLen) : CKR_OK) == CKR_OK)
+		rv = token_init_pin(s->token, pPin, pPin ? ulPinLen : 0);
 	token_unlock(s->token);
-out:
 	end(s);
 	return rv;
 }
@@ -624,14 +658,17 @@ static CK_RV kt_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_U
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
-	if (!pOldPin || !pNewPin)
+	token_lock(s->token);
+	bool pad = pinpad(s->token);
+	token_unlock(s->token);
+	if ((!pOldPin || !pNewPin) && !(pad && !pOldPin && !pNewPin))
 		rv = CKR_ARGUMENTS_BAD;
 	else if (!session_is_rw(s))
 		rv = CKR_SESSION_READ_ONLY;
-	else if (!pin_len_plausible(ulOldLen))
+	else if (pOldPin && !pin_len_plausible(ulOldLen))
 		rv = CKR_PIN_INCORRECT;
 	else
-		rv = check_pin_len(ulNewLen);
+		rv = pNewPin ? check_pin_len(s->token, ulNewLen) : CKR_OK;
 	if (rv == CKR_OK) {
 		struct token *t = s->token;
 		token_lock(t);

@@ -1195,8 +1195,8 @@ CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECH
 	CK_MECHANISM dm = *m;
 	*host_hash = false;
 	CK_MECHANISM_TYPE raw = crypto_sign_hash_counterpart(mi);
-	if (!t->ops->has_mechanism(t->store, m->mechanism) && raw != CKM_VENDOR_DEFINED &&
-	    t->ops->has_mechanism(t->store, raw)) {
+	if (!(t->ops->mechanism_flags(t->store, m->mechanism) & CKF_SIGN) && raw != CKM_VENDOR_DEFINED &&
+	    (t->ops->mechanism_flags(t->store, raw) & CKF_SIGN)) {
 		dm.mechanism = raw;
 		if (raw != CKM_RSA_PKCS_PSS) {
 			dm.pParameter = NULL;
@@ -1334,4 +1334,18 @@ CK_RV token_unwrap_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_MEC
 	CK_RV rv = t->ops->unwrap(t->store, m, uk->handle, in, in_len, tmpl, &id);
 	attrs_free(tmpl);
 	return rv == CKR_OK ? device_adopt(t, owner, id, handle) : rv;
+}
+
+CK_FLAGS token_mechanism_flags(struct token *t, const struct mech_info *mi)
+{
+	if (!token_is_device(t))
+		return mi->flags;
+	/* Verifying and hashing are the module's; what needs a key's secret
+	 * half is the device's to do, so only what it can do is offered. */
+	CK_FLAGS dev = t->ops->mechanism_flags(t->store, mi->type);
+	CK_FLAGS own = CKF_VERIFY | CKF_DIGEST;
+	CK_MECHANISM_TYPE raw = crypto_sign_hash_counterpart(mi);
+	if (raw != CKM_VENDOR_DEFINED && (t->ops->mechanism_flags(t->store, raw) & CKF_SIGN))
+		dev |= CKF_SIGN;
+	return mi->flags & (own | dev);
 }

@@ -125,6 +125,9 @@ void token_key_certificates(struct token *t, const struct object *key, token_cer
 /* The EVP_PKEY of a key object, built once and cached; a new reference. */
 CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out);
 
+/* A mechanism's CK_MECHANISM_INFO flags on this token: a device's token
+ * offers only what the device can do with its keys. */
+CK_FLAGS token_mechanism_flags(struct token *t, const struct mech_info *mi);
 /* Is this a device token, whose keys the module never holds? */
 bool token_is_device(const struct token *t);
 /* A device's private key starts signing with `m` on the device; for a

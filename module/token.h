@@ -112,8 +112,9 @@ struct token_ops {
 	 * (CKU_CONTEXT_SPECIFIC).  op_free of an unfinished operation makes
 	 * sure no signature can come out of it. */
 	CK_RV (*sign_init)(struct token_store *t, uint64_t id, const CK_MECHANISM *m, struct token_op **op);
-	/* Does the device sign with this mechanism (CKF_SIGN)? */
-	bool (*has_mechanism)(struct token_store *t, CK_MECHANISM_TYPE type);
+	/* What the device does with this mechanism (CK_MECHANISM_INFO
+	 * flags; 0: nothing). */
+	CK_FLAGS (*mechanism_flags)(struct token_store *t, CK_MECHANISM_TYPE type);
 	CK_RV (*op_update)(struct token_op *op, const CK_BYTE *data, CK_ULONG len);
 	CK_RV (*op_final)(struct token_op *op, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE *out,
 			  CK_ULONG *out_len);

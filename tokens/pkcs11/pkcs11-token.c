@@ -277,8 +277,9 @@ struct token_store {
 	long long last_attempt;    /* when an absent device was last looked for */
 	CK_SESSION_HANDLE pool[POOL_MAX];
 	size_t n_pool;
-	CK_MECHANISM_TYPE *sign_mechs; /* what the device signs with, read at attach */
-	size_t n_sign_mechs;
+	CK_MECHANISM_TYPE *mechs; /* the device's mechanisms, read at attach */
+	CK_FLAGS *mech_flags;     /* and what it does with each */
+	size_t n_mechs;
 };
 
 struct token_op {
@@ -359,39 +360,43 @@ static void close_sessions(struct token_store *t)
 	t->attached = t->anchored = false;
 }
 
-/* The device's signing mechanisms, asked once per attachment: a reader
- * round trip per signature would cost more than the signature. */
+/* The device's mechanisms, asked once per attachment: a reader round
+ * trip per signature would cost more than the signature. */
 static void read_mechanisms(struct token_store *t)
 {
 	CK_ULONG n = 0;
-	free(t->sign_mechs);
-	t->sign_mechs = NULL;
-	t->n_sign_mechs = 0;
+	free(t->mechs);
+	free(t->mech_flags);
+	t->mechs = NULL;
+	t->mech_flags = NULL;
+	t->n_mechs = 0;
 	if (t->f->C_GetMechanismList(t->slot, NULL, &n) != CKR_OK || n == 0 || n > 4096)
 		return;
 	CK_MECHANISM_TYPE *all = calloc(n, sizeof(*all));
-	if (!all || t->f->C_GetMechanismList(t->slot, all, &n) != CKR_OK) {
+	CK_FLAGS *flags = calloc(n, sizeof(*flags));
+	if (!all || !flags || t->f->C_GetMechanismList(t->slot, all, &n) != CKR_OK) {
 		free(all);
+		free(flags);
 		return;
 	}
-	size_t m = 0;
 	for (CK_ULONG i = 0; i < n; i++) {
 		CK_MECHANISM_INFO mi;
-		if (t->f->C_GetMechanismInfo(t->slot, all[i], &mi) == CKR_OK && (mi.flags & CKF_SIGN))
-			all[m++] = all[i];
+		flags[i] = t->f->C_GetMechanismInfo(t->slot, all[i], &mi) == CKR_OK ? mi.flags : 0;
 	}
-	t->sign_mechs = all;
-	t->n_sign_mechs = m;
+	t->mechs = all;
+	t->mech_flags = flags;
+	t->n_mechs = n;
 }
 
-static bool p11_has_mechanism(struct token_store *t, CK_MECHANISM_TYPE type)
+static CK_FLAGS p11_mechanism_flags(struct token_store *t, CK_MECHANISM_TYPE type)
 {
 	pthread_mutex_lock(&t->lock);
-	bool found = false;
-	for (size_t i = 0; i < t->n_sign_mechs && !found; i++)
-		found = t->sign_mechs[i] == type;
+	CK_FLAGS f = 0;
+	for (size_t i = 0; i < t->n_mechs; i++)
+		if (t->mechs[i] == type)
+			f = t->mech_flags[i];
 	pthread_mutex_unlock(&t->lock);
-	return found;
+	return f;
 }
 
 /* Find the token and open the anchor session (lock held). */
@@ -522,7 +527,8 @@ static void p11_close(struct token_store *t)
 	pthread_mutex_unlock(&t->lock);
 	pthread_mutex_destroy(&t->lock);
 	mod_put(t->mod);
-	free(t->sign_mechs);
+	free(t->mechs);
+	free(t->mech_flags);
 	free(t->name);
 	free(t);
 }
@@ -1293,7 +1299,7 @@ const struct token_ops pkcs11_token_ops = {
 	.attach = p11_attach,
 	.logout = p11_logout,
 	.sign_init = p11_sign_init,
-	.has_mechanism = p11_has_mechanism,
+	.mechanism_flags = p11_mechanism_flags,
 	.op_update = p11_op_update,
 	.op_final = p11_op_final,
 	.op_login = p11_op_login,
