@@ -393,7 +393,10 @@ static CK_RV set_token_key(struct config_token *t, const char *key, const char *
 	return CKR_OK;
 }
 
-CK_RV config_parse(const char *text, const char *origin, struct config **out)
+/* `separators` end lines: '\n' in a file; also ';' in p11-kit's
+ * x-init-reserved, which is one line (so a value there cannot hold ';',
+ * as an RFC 7512 URI with several attributes does: that needs a file). */
+static CK_RV parse(const char *text, const char *origin, const char *separators, struct config **out)
 {
 	CK_RV rv = CKR_HOST_MEMORY;
 	struct config *c = calloc(1, sizeof(*c));
@@ -408,8 +411,7 @@ CK_RV config_parse(const char *text, const char *origin, struct config **out)
 
 	enum { SEC_MODULE, SEC_TOKEN, SEC_PROFILE, SEC_KEY } section = SEC_MODULE;
 	char *save = NULL;
-	/* ';' separates lines too: p11-kit's x-init-reserved is one line. */
-	for (char *line = strtok_r(copy, "\n;", &save); line; line = strtok_r(NULL, "\n;", &save)) {
+	for (char *line = strtok_r(copy, separators, &save); line; line = strtok_r(NULL, separators, &save)) {
 		lineno++;
 		char *hash = strchr(line, '#');
 		if (hash)
@@ -503,6 +505,11 @@ out:
 	return rv;
 }
 
+CK_RV config_parse(const char *text, const char *origin, struct config **out)
+{
+	return parse(text, origin, "\n;", out);
+}
+
 static CK_RV read_file(const char *path, char **out)
 {
 	CK_RV rv = CKR_GENERAL_ERROR;
@@ -589,7 +596,7 @@ CK_RV config_load(const char *reserved, struct config **out)
 		rv = read_file(env, &text);
 		if (rv != CKR_OK)
 			return rv;
-		rv = config_parse(text, env, &c);
+		rv = parse(text, env, "\n", &c);
 		if (rv == CKR_ARGUMENTS_BAD)
 			rv = CKR_GENERAL_ERROR; /* the application's arguments were fine */
 	} else if (reserved) {
@@ -598,7 +605,7 @@ CK_RV config_load(const char *reserved, struct config **out)
 		rv = read_file(SYSTEM_CONF, &text);
 		if (rv != CKR_OK)
 			return rv;
-		rv = config_parse(text, SYSTEM_CONF, &c);
+		rv = parse(text, SYSTEM_CONF, "\n", &c);
 		if (rv == CKR_ARGUMENTS_BAD)
 			rv = CKR_GENERAL_ERROR;
 	} else {

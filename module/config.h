@@ -5,7 +5,7 @@
  * file a person can read):
  *   1. the file named by $KOLTAMGA_CONF (a missing file is an error);
  *   2. the string p11-kit passes as pReserved from a module file's
- *      `x-init-reserved:` (';' separates lines there);
+ *      `x-init-reserved:` (';' separates lines there, and only there);
  *   3. /etc/koltamga/koltamga.conf when it exists;
  *   4. nothing: defaults (one store under $XDG_DATA_HOME/koltamga).
  *

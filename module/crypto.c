@@ -1581,20 +1581,18 @@ struct remote_shape {
 	size_t out_len, in_max, in_exact;
 };
 
-static CK_RV remote_shape(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key,
+static CK_RV remote_shape(const struct mech_info *mi, const CK_MECHANISM *m, CK_KEY_TYPE kt, CK_ULONG bits,
 			  struct remote_shape *sh)
 {
-	CK_KEY_TYPE kt;
-	if (!mi || !m || !key || m->mechanism != mi->type)
+	if (!mi || !m || m->mechanism != mi->type)
 		return CKR_ARGUMENTS_BAD;
 	if (!(mi->ops & MECH_SIGN))
 		return CKR_MECHANISM_INVALID;
 	CK_RV rv = mi->check_param(m);
 	if (rv != CKR_OK)
 		return rv;
-	if (!key_type_of(key, &kt) || kt != mi->key_type)
+	if (kt != mi->key_type)
 		return CKR_KEY_TYPE_INCONSISTENT;
-	CK_ULONG bits = crypto_key_bits(CKO_PRIVATE_KEY, key);
 	/* Without its size the key's signature cannot be announced. */
 	if (!bits || bits > 16384)
 		return CKR_KEY_SIZE_RANGE;
@@ -1618,17 +1616,17 @@ static CK_RV remote_shape(const struct mech_info *mi, const CK_MECHANISM *m, con
 	return CKR_OK;
 }
 
-CK_RV crypto_check_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key)
+CK_RV crypto_check_remote(const struct mech_info *mi, const CK_MECHANISM *m, CK_KEY_TYPE kt, CK_ULONG bits)
 {
 	struct remote_shape sh;
-	return remote_shape(mi, m, key, &sh);
+	return remote_shape(mi, m, kt, bits, &sh);
 }
 
-CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key,
+CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m, CK_KEY_TYPE kt, CK_ULONG bits,
 			      const struct crypto_remote *remote, bool host_hash, struct crypto_op **out)
 {
 	struct remote_shape sh;
-	CK_RV rv = remote && out ? remote_shape(mi, m, key, &sh) : CKR_ARGUMENTS_BAD;
+	CK_RV rv = remote && out ? remote_shape(mi, m, kt, bits, &sh) : CKR_ARGUMENTS_BAD;
 	struct crypto_op *op = NULL;
 	if (rv == CKR_OK) {
 		op = calloc(1, sizeof(*op));

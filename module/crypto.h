@@ -119,19 +119,18 @@ struct crypto_remote {
 	void (*free)(void *ctx);
 	void *ctx;
 };
-/* `key` is the private key object's attributes (CKA_KEY_TYPE and what
- * gives its size: CKA_MODULUS, CKA_EC_PARAMS).  With host_hash the module
+/* `kt` and `bits` are the key's type and size (crypto_key_bits).  With host_hash the module
  * hashes and the device signs the hash (`remote` was started with
  * crypto_sign_hash_counterpart's mechanism).  The op owns `remote` from
  * here on, also when this fails. */
-CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key,
+CK_RV crypto_sign_init_remote(const struct mech_info *mi, const CK_MECHANISM *m, CK_KEY_TYPE kt, CK_ULONG bits,
 			      const struct crypto_remote *remote, bool host_hash, struct crypto_op **out);
 /* The mechanism that signs a hash-and-sign mechanism's hash (CKM_ECDSA,
  * CKM_RSA_PKCS, CKM_RSA_PKCS_PSS with the same parameters), for devices
  * that sign hashes only (host_hash above); CKM_VENDOR_DEFINED if none. */
 CK_MECHANISM_TYPE crypto_sign_hash_counterpart(const struct mech_info *mi);
 /* Those checks alone, before the device is asked to start. */
-CK_RV crypto_check_remote(const struct mech_info *mi, const CK_MECHANISM *m, const struct attrs *key);
+CK_RV crypto_check_remote(const struct mech_info *mi, const CK_MECHANISM *m, CK_KEY_TYPE kt, CK_ULONG bits);
 bool crypto_op_remote(const struct crypto_op *op);
 /* CKU_CONTEXT_SPECIFIC for a remote op: the device checks the PIN. */
 CK_RV crypto_op_login(struct crypto_op *op, const CK_UTF8CHAR *pin, CK_ULONG len);

@@ -21,7 +21,7 @@
 #define CKF_FIND_OBJECTS 0x00000040UL /* C_SessionCancel */
 #endif
 #ifndef CKA_UNIQUE_ID
-#define CKA_UNIQUE_ID 0x0000010AUL
+#define CKA_UNIQUE_ID 0x00000004UL /* PKCS#11 3.0 (0x10A is CKA_VERIFY) */
 #endif
 
 typedef struct CK_INTERFACE {

@@ -1566,6 +1566,18 @@ static CK_RV crypto_output(struct session *s, const CK_BYTE *data, CK_ULONG len,
 static CK_RV sign_output(struct session *s, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE_PTR out,
 			 CK_ULONG_PTR out_len);
 
+/* A device call answered CKR_DEVICE_REMOVED: from now on every session
+ * from before the removal says so (begin() compares insertions), not only
+ * from the next call that happens to ask the device. */
+static void device_removal_seen(struct session *s, CK_RV rv)
+{
+	if (rv != CKR_DEVICE_REMOVED || !token_is_device(s->token))
+		return;
+	token_lock(s->token);
+	token_sync(s->token);
+	token_unlock(s->token);
+}
+
 /* C_Digest, C_DigestFinal, C_Sign and C_SignFinal: the checks they share,
  * then the output half of their kind of operation. */
 static CK_RV output_call(CK_SESSION_HANDLE hSession, enum op_kind kind, const CK_BYTE *data, CK_ULONG len,
@@ -1582,6 +1594,7 @@ static CK_RV output_call(CK_SESSION_HANDLE hSession, enum op_kind kind, const CK
 		session_end_crypto(s);
 	} else if (kind == OP_SIGN) {
 		rv = sign_output(s, data, len, oneshot, out, out_len);
+		device_removal_seen(s, rv);
 	} else {
 		rv = crypto_output(s, data, len, oneshot, out, out_len);
 	}
@@ -1615,6 +1628,7 @@ static CK_RV crypto_update(CK_SESSION_HANDLE hSession, enum op_kind kind, CK_BYT
 		}
 		if (rv != CKR_OK)
 			session_end_crypto(s);
+		device_removal_seen(s, rv);
 	}
 	end(s);
 	return rv;
@@ -1827,8 +1841,9 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 	const struct mech_info *mi = NULL;
 	EVP_PKEY *pkey = NULL;
 	struct crypto_remote remote;
-	bool have_remote = false, host_hash = false;
-	struct attrs *remote_attrs = NULL;
+	bool on_device = false, host_hash = false;
+	CK_OBJECT_HANDLE device_key = CK_INVALID_HANDLE;
+	CK_ULONG key_bits = 0;
 	CK_RV rv = begin(hSession, &s);
 	if (rv != CKR_OK)
 		return rv;
@@ -1866,13 +1881,14 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 	} else if (sign && (rv = key_usable(t, key)) != CKR_OK) {
 		/* keep rv */
 	} else if (sign && key->on_device) {
-		/* The device signs; the module checks and accounts. */
-		remote_attrs = attrs_dup(key->attrs);
-		rv = remote_attrs ? crypto_check_remote(mi, m, remote_attrs) : CKR_HOST_MEMORY;
-		if (rv == CKR_OK)
-			rv = token_sign_remote(t, key, m, mi, &remote, &host_hash);
-		if (rv == CKR_OK)
-			have_remote = true;
+		/* The device signs; the module checks and accounts.  The
+		 * device is asked after the token lock is released: a
+		 * device's C_SignInit is most of a signature's time, and
+		 * other signers must not wait for it. */
+		key_bits = crypto_key_bits(CKO_PRIVATE_KEY, key->attrs);
+		rv = crypto_check_remote(mi, m, kt, key_bits);
+		device_key = key->handle;
+		on_device = true;
 	} else {
 		rv = token_object_pkey(t, key, &pkey);
 	}
@@ -1891,19 +1907,17 @@ static CK_RV key_op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJE
 		}
 	}
 	token_unlock(t);
-	if (have_remote) {
+	if (rv == CKR_OK && on_device) {
+		rv = token_sign_remote(t, device_key, m, mi, &remote, &host_hash);
 		/* The op owns the device's operation from here, whatever
 		 * happens. */
-		have_remote = false;
 		if (rv == CKR_OK)
-			rv = crypto_sign_init_remote(mi, m, remote_attrs, &remote, host_hash, &s->crypto.op);
-		else
-			remote.free(remote.ctx);
+			rv = crypto_sign_init_remote(mi, m, kt, key_bits, &remote, host_hash, &s->crypto.op);
 	} else if (rv == CKR_OK) {
 		rv = crypto_sign_init(mi, m, pkey, sign, &s->crypto.op);
 	}
-	attrs_free(remote_attrs);
 	if (rv != CKR_OK) {
+		device_removal_seen(s, rv);
 		session_end_crypto(s);
 		goto out;
 	}

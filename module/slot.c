@@ -659,7 +659,9 @@ static CK_RV device_refresh_state(struct token *t)
 	CK_RV rv = t->ops->state(t->store, &st);
 	if (rv == CKR_TOKEN_NOT_PRESENT) {
 		if (!t->absent) {
-			kt_log("%s: device removed", t->path);
+			/* Removed, or (never seen yet) just not there. */
+			if (t->generation)
+				kt_log("%s: device removed", t->path);
 			device_gone(t);
 			t->absent = true;
 		}
@@ -1181,10 +1183,10 @@ static void remote_free(void *ctx)
 	free(r);
 }
 
-CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECHANISM *m,
-			const struct mech_info *mi, struct crypto_remote *out, bool *host_hash)
+CK_RV token_sign_remote(struct token *t, CK_OBJECT_HANDLE key, const CK_MECHANISM *m, const struct mech_info *mi,
+			struct crypto_remote *out, bool *host_hash)
 {
-	if (!key->on_device)
+	if (!token_is_device(t))
 		return CKR_FUNCTION_NOT_SUPPORTED;
 	struct remote_ctx *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -1204,7 +1206,7 @@ CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECH
 		}
 		*host_hash = true;
 	}
-	CK_RV rv = t->ops->sign_init(t->store, key->handle, &dm, &r->op);
+	CK_RV rv = t->ops->sign_init(t->store, key, &dm, &r->op);
 	if (rv != CKR_OK) {
 		free(r);
 		return rv;

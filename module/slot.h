@@ -130,10 +130,12 @@ CK_RV token_object_pkey(struct token *t, struct object *o, EVP_PKEY **out);
 CK_FLAGS token_mechanism_flags(struct token *t, const struct mech_info *mi);
 /* Is this a device token, whose keys the module never holds? */
 bool token_is_device(const struct token *t);
-/* A device's private key starts signing with `m` on the device; for a
- * device that only signs hashes, *host_hash says the module hashes. */
-CK_RV token_sign_remote(struct token *t, const struct object *key, const CK_MECHANISM *m,
-			const struct mech_info *mi, struct crypto_remote *out, bool *host_hash);
+/* A device's private key (its handle) starts signing with `m` on the
+ * device; for a device that only signs hashes, *host_hash says the module
+ * hashes.  Called without the token lock: the driver's own locking holds,
+ * and a device gone meanwhile answers CKR_DEVICE_REMOVED. */
+CK_RV token_sign_remote(struct token *t, CK_OBJECT_HANDLE key, const CK_MECHANISM *m, const struct mech_info *mi,
+			struct crypto_remote *out, bool *host_hash);
 /* C_CopyObject: on a device the device copies (`copy` is the new object's
  * attributes as the module worked them out; taken). */
 CK_RV token_object_copy(struct token *t, CK_SESSION_HANDLE owner, const struct object *o, struct attrs *copy,

@@ -79,6 +79,7 @@ static const char *rv_name(CK_RV rv)
 		{ CKR_OPERATION_NOT_INITIALIZED, "CKR_OPERATION_NOT_INITIALIZED" },
 		{ CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT" },
 		{ CKR_PIN_LOCKED, "CKR_PIN_LOCKED" },
+		{ CKR_FUNCTION_CANCELED, "CKR_FUNCTION_CANCELED" },
 		{ CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID" },
 		{ CKR_SIGNATURE_INVALID, "CKR_SIGNATURE_INVALID" },
 		{ CKR_SIGNATURE_LEN_RANGE, "CKR_SIGNATURE_LEN_RANGE" },
@@ -583,6 +584,38 @@ static void check_fail(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, CK_OBJECT_HAN
 	sign_and_verify(s, priv, pub);
 }
 
+static CK_FLAGS token_flags(CK_SLOT_ID slot)
+{
+	CK_TOKEN_INFO info;
+
+	CHECK_RV(F->C_GetTokenInfo(slot, &info), CKR_OK);
+	return info.flags;
+}
+
+static void check_pinpad(CK_SLOT_ID slot, CK_SESSION_HANDLE s)
+{
+	step("pinpad: CKF_PROTECTED_AUTHENTICATION_PATH, and a NULL PIN typed on the pad");
+	CHECK(!(token_flags(slot) & CKF_PROTECTED_AUTHENTICATION_PATH), "a PIN pad without the pinpad line");
+	CHECK_RV(F->C_Logout(s), CKR_OK);
+	control("pinpad\n");
+	CHECK(token_flags(slot) & CKF_PROTECTED_AUTHENTICATION_PATH, "no CKF_PROTECTED_AUTHENTICATION_PATH");
+	unsetenv("KT_SHIM_PINPAD_PIN");
+	CHECK_RV(F->C_Login(s, CKU_USER, NULL, 0), CKR_FUNCTION_CANCELED);
+	setenv("KT_SHIM_PINPAD_PIN", "wrong-pin", 1);
+	CHECK_RV(F->C_Login(s, CKU_USER, NULL, 0), CKR_PIN_INCORRECT);
+	CHECK(session_state(s) == CKS_RW_PUBLIC_SESSION, "logged in with a wrong PIN from the pad");
+	setenv("KT_SHIM_PINPAD_PIN", USER_PIN, 1);
+	CHECK_RV(F->C_Login(s, CKU_USER, NULL, 0), CKR_OK);
+	CHECK(session_state(s) == CKS_RW_USER_FUNCTIONS, "not a user session after a PIN pad login");
+	CHECK_RV(F->C_Logout(s), CKR_OK);
+	/* A PIN given with a PIN pad present is the application's. */
+	CHECK_RV(F->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR) "wrong-pin", 9), CKR_PIN_INCORRECT);
+	CHECK_RV(F->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)USER_PIN, strlen(USER_PIN)), CKR_OK);
+	control(NULL);
+	unsetenv("KT_SHIM_PINPAD_PIN");
+	CHECK(!(token_flags(slot) & CKF_PROTECTED_AUTHENTICATION_PATH), "the PIN pad stayed");
+}
+
 static void check_delay_and_hang(void)
 {
 	struct watched w, list;
@@ -784,8 +817,9 @@ static void check_log(void)
 			    "private=0x1=1,0x2=1,0x103=1,0x162=0,0x108=1,0x3,0x102"),
 	      "no C_GenerateKeyPair line with both templates");
 	CHECK(has_line(log, "C_GenerateKey template=0x1=0,0x161,0x106=1"), "no C_GenerateKey line");
-	CHECK(find_line(log, "C_GetAttributeValue template=0x", line, sizeof(line)), "no C_GetAttributeValue line");
-	CHECK(!strchr(strchr(line, '=') + 1, '='), "values in a C_GetAttributeValue line: %s", line);
+	CHECK(find_line(log, "C_GetAttributeValue object=0x", line, sizeof(line)), "no C_GetAttributeValue line");
+	CHECK(strstr(line, " template=0x"), "no template in a C_GetAttributeValue line: %s", line);
+	CHECK(!strchr(strstr(line, " template=") + 10, '='), "values in a C_GetAttributeValue line: %s", line);
 	for (i = 0; i < COUNT(secrets); i++)
 		CHECK(!strstr(log, secrets[i]), "the log contains \"%s\"", secrets[i]);
 	free(log);
@@ -922,6 +956,7 @@ int main(void)
 	s = open_session(slot);
 	check_forwarding(slot, s, &pub, &priv);
 	check_fail(s, priv, pub);
+	check_pinpad(slot, s);
 	check_delay_and_hang();
 	check_removed(slot, &s, &pub, &priv);
 	check_threads(slot, pub, priv);

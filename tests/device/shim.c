@@ -13,6 +13,8 @@
  *                    no faults.  Replace it with rename() rather than
  *                    rewriting it in place, or a call may see half of it.
  *   KT_SHIM_LOG      a file to which one line per call is appended
+ *   KT_SHIM_PINPAD_PIN  the PIN the holder "types on the PIN pad" (see
+ *                    pinpad below)
  *
  * Control lines (anything else is ignored):
  *   removed        the token is out.  C_GetSlotList(CK_TRUE) lists no slot,
@@ -34,15 +36,22 @@
  *                  device's error ends it; else the next C_*Init would meet
  *                  CKR_OPERATION_ACTIVE.  Not done for the dual-function and
  *                  recover calls.
+ *   pinpad         the reader has a PIN pad: C_GetTokenInfo adds
+ *                  CKF_PROTECTED_AUTHENTICATION_PATH, and a C_Login with a
+ *                  NULL PIN logs in with $KT_SHIM_PINPAD_PIN (unset: the
+ *                  holder cancels, CKR_FUNCTION_CANCELED), as if typed on
+ *                  the pad.  A C_Login with a PIN is forwarded as it is.
  * Order: hang, delay, the re-insertion, fail, removed.
  *
  * Log lines: the function's name, then for a C_*Init with a mechanism
  * "mechanism=0xTYPE", for the calls with templates "template=" (and
  * "public=" "private=" for C_GenerateKeyPair) with the attribute types in
  * hex, comma-separated, a CK_BBOOL one followed by "=0" or "=1" except in
- * C_GetAttributeValue.  Never PINs, other attribute values or data.  The
- * calls the shim makes on its own (ending an operation, re-insertion) are
- * not logged.
+ * C_GetAttributeValue; C_GetAttributeValue and C_SetAttributeValue name
+ * the object first ("object=0xHANDLE template=..."), so that a test can
+ * tell which object was asked for what.  Never PINs, other attribute
+ * values or data.  The calls the shim makes on its own (ending an
+ * operation, re-insertion) are not logged.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -94,6 +103,7 @@ struct call {
 	/* set by enter() */
 	CK_FUNCTION_LIST_PTR f;
 	bool removed;
+	bool pinpad;
 };
 
 struct control {
@@ -102,6 +112,7 @@ struct control {
 	unsigned long delay_ms;
 	bool fail;
 	CK_RV fail_rv;
+	bool pinpad;
 };
 
 /* lock guards everything below it.  It is never held while the caller's
@@ -157,6 +168,8 @@ static void parse_line(char *line, const char *fn, struct control *ctl)
 		ctl->removed = true;
 	} else if (strcmp(word, "hang") == 0 && !arg1) {
 		ctl->hang = true;
+	} else if (strcmp(word, "pinpad") == 0 && !arg1) {
+		ctl->pinpad = true;
 	} else if (strcmp(word, "delay_ms") == 0 && parse_ulong(arg1, &n)) {
 		ctl->delay_ms = n;
 	} else if (strcmp(word, "fail") == 0 && arg1 && strcmp(arg1, fn) == 0 && parse_ulong(arg2, &n)) {
@@ -470,6 +483,7 @@ static CK_RV enter(struct call *c)
 	}
 
 	c->removed = live && ctl.removed;
+	c->pinpad = ctl.pinpad;
 	if (c->removed && c->kind == KIND_TOKEN) {
 		CK_SLOT_INFO info;
 
@@ -628,7 +642,19 @@ static CK_RV shim_C_CloseAllSessions(CK_SLOT_ID slot)
 		return rv != CKR_OK ? rv : c.f->name(h, mech, key);                        \
 	}
 
-TOKEN_CALL(C_GetTokenInfo, (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info), (slot, info))
+static CK_RV shim_C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+	struct call c = { .fn = "C_GetTokenInfo", .kind = KIND_TOKEN, .slot = slot };
+	CK_RV rv = enter(&c);
+
+	if (rv != CKR_OK)
+		return rv;
+	rv = c.f->C_GetTokenInfo(slot, info);
+	/* A reader with a PIN pad says so in its token's flags. */
+	if (rv == CKR_OK && c.pinpad)
+		info->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
+	return rv;
+}
 TOKEN_CALL(C_GetMechanismList, (CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count),
 	   (slot, list, count))
 TOKEN_CALL(C_GetMechanismInfo, (CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info),
@@ -654,8 +680,22 @@ SESSION_CALL(C_SetOperationState, OP_NONE,
 	     (CK_SESSION_HANDLE h, CK_BYTE_PTR state, CK_ULONG len, CK_OBJECT_HANDLE enc_key,
 	      CK_OBJECT_HANDLE auth_key),
 	     (h, state, len, enc_key, auth_key))
-SESSION_CALL(C_Login, OP_NONE, (CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len),
-	     (h, user, pin, len))
+static CK_RV shim_C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+	struct call c = { .fn = "C_Login", .kind = KIND_SESSION, .session = h };
+	CK_RV rv = enter(&c);
+	const char *typed;
+
+	if (rv != CKR_OK)
+		return rv;
+	if (!c.pinpad || pin)
+		return c.f->C_Login(h, user, pin, len);
+	/* No PIN from the application: the holder types it on the pad. */
+	typed = getenv("KT_SHIM_PINPAD_PIN");
+	if (!typed)
+		return CKR_FUNCTION_CANCELED;
+	return c.f->C_Login(h, user, (CK_UTF8CHAR_PTR)typed, (CK_ULONG)strlen(typed));
+}
 SESSION_CALL(C_Logout, OP_NONE, (CK_SESSION_HANDLE h), (h))
 SESSION_CALL(C_DestroyObject, OP_NONE, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj), (h, obj))
 SESSION_CALL(C_GetObjectSize, OP_NONE, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size),
@@ -766,6 +806,20 @@ static const char *describe_one(char *buf, size_t size, const CK_ATTRIBUTE *tmpl
 	return buf;
 }
 
+/* The same for a call about one object: the object first. */
+static const char *describe_object(char *buf, size_t size, CK_OBJECT_HANDLE obj, const CK_ATTRIBUTE *tmpl,
+				   CK_ULONG count, bool with_bools)
+{
+	struct text t = { .buf = buf, .size = size };
+
+	if (!log_enabled())
+		return NULL;
+	buf[0] = '\0';
+	text_add(&t, "object=0x%lx", obj);
+	describe_template(&t, "template", tmpl, count, with_bools);
+	return buf;
+}
+
 static CK_RV shim_C_CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count,
 				 CK_OBJECT_HANDLE_PTR obj)
 {
@@ -798,7 +852,7 @@ static CK_RV shim_C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
 	CK_RV rv;
 
 	/* Whatever the caller's buffers hold is not the token's: no values. */
-	c.detail = describe_one(detail, sizeof(detail), tmpl, count, false);
+	c.detail = describe_object(detail, sizeof(detail), obj, tmpl, count, false);
 	rv = enter(&c);
 	return rv != CKR_OK ? rv : c.f->C_GetAttributeValue(h, obj, tmpl, count);
 }
@@ -810,7 +864,7 @@ static CK_RV shim_C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
 	struct call c = { .fn = "C_SetAttributeValue", .kind = KIND_SESSION, .session = h };
 	CK_RV rv;
 
-	c.detail = describe_one(detail, sizeof(detail), tmpl, count, true);
+	c.detail = describe_object(detail, sizeof(detail), obj, tmpl, count, true);
 	rv = enter(&c);
 	return rv != CKR_OK ? rv : c.f->C_SetAttributeValue(h, obj, tmpl, count);
 }

@@ -226,9 +226,10 @@ static void test_dialog_stands_in_for_context_login(void **state)
 	if (fx.device) {
 		/* A device asks for the PIN of its always-authenticate key
 		 * itself: a yes without a PIN (this backend) cannot stand in,
-		 * and no signature exists (pinentry does collect the PIN). */
+		 * so the signer is not even asked, and no signature exists
+		 * (pinentry does collect the PIN: test-device). */
 		assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_USER_NOT_LOGGED_IN);
-		assert_int_equal(questions(), 1);
+		assert_int_equal(questions(), 0);
 		return;
 	}
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_OK);
