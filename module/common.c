@@ -161,9 +161,20 @@ static bool relay_client(char *out, size_t len, long *pid)
 	return true;
 }
 
+/* This process's pid, kept rather than asked for every audit record (a
+ * system call per signature); a forked child puts its own in. */
+static volatile long own_pid;
+
+static void own_pid_after_fork(void)
+{
+	own_pid = (long)getpid();
+}
+
 static void read_exe(void)
 {
 	char relay[sizeof(exe_path)];
+	own_pid = (long)getpid();
+	pthread_atfork(NULL, NULL, own_pid_after_fork);
 	ssize_t n = readlink("/proc/self/exe", exe_path, PATH_MAX - 1);
 	exe_path[n > 0 ? n : 0] = '\0';
 	if (relay_client(relay, sizeof(relay), &relay_pid))
@@ -184,8 +195,7 @@ const char *kt_program(void)
 long kt_program_pid(void)
 {
 	pthread_once(&program_once, read_exe);
-	/* this process's own pid asked afresh: right after a fork too */
-	return relay_pid ? relay_pid : (long)getpid();
+	return relay_pid ? relay_pid : own_pid;
 }
 
 int kt_hex_digit(int c)
