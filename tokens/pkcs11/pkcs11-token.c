@@ -844,11 +844,33 @@ static CK_RV read_object(struct token_store *t, CK_SESSION_HANDLE s, CK_OBJECT_H
 		m++;
 	}
 	n = m;
+	CK_ULONG *room = calloc(n ? n : 1, sizeof(*room));
+	if (!room) {
+		rv = CKR_HOST_MEMORY;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		room[i] = tmpl[i].ulValueLen;
 	rv = n ? t->f->C_GetAttributeValue(s, h, tmpl, n) : CKR_OK;
+	/* A value longer than the room it was given is a broken module,
+	 * not a value to read past the buffer. */
+	for (size_t i = 0; i < n && rv == CKR_OK; i++)
+		if (tmpl[i].ulValueLen != CK_UNAVAILABLE_INFORMATION && tmpl[i].ulValueLen > room[i])
+			rv = CKR_GENERAL_ERROR;
+	free(room);
 	if (rv != CKR_OK) {
 		/* Changed between the two reads (another application):
 		 * better no object than a half-read one. */
-		rv = rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_BUFFER_TOO_SMALL ? CKR_OK : map_rv(t, rv);
+		if (is_removal(rv)) {
+			rv = map_rv(t, rv);
+		} else {
+			/* One object the device cannot read back is left
+			 * out; the others are still shown. */
+			if (rv != CKR_OBJECT_HANDLE_INVALID && rv != CKR_BUFFER_TOO_SMALL)
+				kt_log("pkcs11 token %s: an object could not be read (%s); not shown", t->name,
+				       kt_rv_name(rv));
+			rv = CKR_OK;
+		}
 		goto out;
 	}
 	rv = attrs_set_ulong(a, CKA_CLASS, cls);
@@ -901,6 +923,11 @@ static CK_RV p11_load(struct token_store *t, const struct token_key *key, token_
 		rv = t->f->C_FindObjects(s, hs + n, cap - n, &got);
 		if (rv != CKR_OK || got == 0)
 			break;
+		if (got > cap - n) {
+			/* More than it had room for: a broken module. */
+			rv = CKR_GENERAL_ERROR;
+			break;
+		}
 		n += got;
 	}
 	t->f->C_FindObjectsFinal(s);
@@ -1094,15 +1121,18 @@ static CK_RV p11_object_secret(struct token_store *t, uint64_t id, CK_ATTRIBUTE_
 		rv = CKR_ATTRIBUTE_SENSITIVE;
 	if (rv != CKR_OK)
 		return rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID ? rv : map_rv(t, rv);
-	a.pValue = kt_alloc_secret(a.ulValueLen ? a.ulValueLen : 1);
+	CK_ULONG room = a.ulValueLen ? a.ulValueLen : 1;
+	a.pValue = kt_alloc_secret(room);
 	if (!a.pValue)
 		return CKR_HOST_MEMORY;
 	rv = t->f->C_GetAttributeValue(s, (CK_OBJECT_HANDLE)id, &a, 1);
+	if (rv == CKR_OK && a.ulValueLen > room)
+		rv = CKR_GENERAL_ERROR; /* a broken module: never read past the buffer */
 	if (rv == CKR_OK)
 		rv = attrs_set(into, type, a.pValue, a.ulValueLen);
 	else
 		rv = rv == CKR_ATTRIBUTE_SENSITIVE ? rv : map_rv(t, rv);
-	kt_free_secret(a.pValue, a.ulValueLen ? a.ulValueLen : 1);
+	kt_free_secret(a.pValue, room);
 	return rv;
 }
 
