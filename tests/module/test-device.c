@@ -20,6 +20,7 @@
 #endif
 #include <dlfcn.h>
 #include <errno.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -668,6 +669,48 @@ static void test_slow_device(void **state)
 	/* Proof the delay was there, not a speed requirement. */
 	assert_true(ms >= 300.0);
 	assert_int_equal(openssl_verify(s, pub, CKM_ECDSA_SHA256, sig, len), 1);
+}
+
+/* The device's storage taken away under it (SoftHSM2's token directory
+ * deleted): whatever the device then answers, koltamga passes on an error
+ * of the specification's and never a crash, and the key that can no longer
+ * be read is not shown as signing. */
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static void test_storage_gone(void **state)
+{
+	CK_SESSION_HANDLE s = fixture_open_user_session(slot);
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE sig[128];
+	CK_ULONG len = sizeof(sig);
+	CK_TOKEN_INFO ti;
+
+	device_keypair(s, CKM_EC_KEY_PAIR_GEN, "storage", &pub, &priv);
+	assert_int_equal(sign(s, CKM_ECDSA_SHA256, priv, sig, &len), CKR_OK);
+	assert_int_equal(nftw(fx.store, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+	len = sizeof(sig);
+	/* SoftHSM2 no longer has the key: gone for the application too. */
+	assert_int_equal(sign(s, CKM_ECDSA_SHA256, priv, sig, &len), CKR_KEY_HANDLE_INVALID);
+	/* SoftHSM2's CKR_GENERAL_ERROR, as the device's failure. */
+	CK_RV rv = F->C_GetTokenInfo(slot, &ti);
+	assert_true(rv == CKR_DEVICE_ERROR || rv == CKR_TOKEN_NOT_PRESENT);
+	/* Everything else still answers. */
+	CK_ULONG n = 0;
+	rv = F->C_FindObjectsInit(s, NULL, 0);
+	assert_true(rv == CKR_OK || rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED);
+	if (rv == CKR_OK) {
+		CK_OBJECT_HANDLE h[8];
+		assert_int_equal(F->C_FindObjects(s, h, 8, &n), CKR_OK);
+		assert_int_equal(F->C_FindObjectsFinal(s), CKR_OK);
+	}
+	rv = F->C_CloseSession(s);
+	assert_true(rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID);
 }
 
 /* --- 5. a hung device and the other tokens --------------------------------- */
@@ -1346,6 +1389,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_keys_stay_on_device, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_template_reaches_device, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_confirm_key_on_device, setup_confirm, teardown),
+		cmocka_unit_test_setup_teardown(test_storage_gone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_configuration_errors, device_env, teardown),
 		cmocka_unit_test_setup_teardown(test_token_selection, device_env, teardown),
 		cmocka_unit_test_setup_teardown(test_pinpad_login, setup_pinpad, teardown),

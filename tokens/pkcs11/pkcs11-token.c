@@ -1270,6 +1270,9 @@ static CK_RV p11_sign_init(struct token_store *t, uint64_t id, const CK_MECHANIS
 	if (rv != CKR_OK) {
 		session_give_back(t, op->s, op->generation, true);
 		free(op);
+		/* The key the module showed is gone from the device. */
+		if (rv == CKR_OBJECT_HANDLE_INVALID)
+			rv = CKR_KEY_HANDLE_INVALID;
 		return map_rv(t, rv);
 	}
 	*out = op;
