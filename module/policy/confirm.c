@@ -437,11 +437,52 @@ static int ms_left(int64_t deadline)
 
 /* --- the child process ----------------------------------------------------- */
 
+/* The longest PIN a command may hand back ("PIN <pin>" on its output). */
+#define COMMAND_PIN_MAX 256
+
 struct child {
 	pid_t pid;
 	int fd; /* our end of the socketpair: its stdin, and stdout for a dialog */
 	const char *name;
+	/* A command asked for a PIN: its output is read for the first line
+	 * "PIN <pin>" (the rest is dropped, as always); a secret buffer. */
+	struct command_pin *pin;
 };
+
+struct command_pin {
+	char line[COMMAND_PIN_MAX + 8]; /* the line being read */
+	size_t line_len;
+	bool line_too_long;
+	char pin[COMMAND_PIN_MAX];
+	size_t pin_len;
+	bool found;
+};
+
+/* Take a command's output bytes: remember the first "PIN " line. */
+static void command_pin_feed(struct command_pin *cp, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] != '\n') {
+			if (cp->line_len < sizeof(cp->line))
+				cp->line[cp->line_len++] = p[i];
+			else
+				cp->line_too_long = true;
+			continue;
+		}
+		size_t len = cp->line_len;
+		if (len && cp->line[len - 1] == '\r')
+			len--;
+		if (!cp->found && !cp->line_too_long && len > 4 && memcmp(cp->line, "PIN ", 4) == 0 &&
+		    len - 4 <= sizeof(cp->pin)) {
+			memcpy(cp->pin, cp->line + 4, len - 4);
+			cp->pin_len = len - 4;
+			cp->found = true;
+		}
+		kt_wipe(cp->line, sizeof(cp->line));
+		cp->line_len = 0;
+		cp->line_too_long = false;
+	}
+}
 
 /* A descriptor above 2, so the dup2 onto 0, 1 and 2 in the child can
  * never overwrite one source with another (the application may have
@@ -602,6 +643,8 @@ static bool child_wait(struct child *c, int64_t deadline, int *status)
 		if (poll(pfd, n, left) > 0 && c->fd >= 0) {
 			char drop[512];
 			ssize_t got = recv(c->fd, drop, sizeof(drop), 0);
+			if (got > 0 && c->pin)
+				command_pin_feed(c->pin, drop, (size_t)got);
 			kt_wipe(drop, sizeof(drop));
 			if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) {
 				close(c->fd);
@@ -1134,9 +1177,9 @@ out:
 /* Run the command with `input` on stdin.  Returns true when it exited
  * before the deadline, with *status its wait status (-1: unknown). */
 static bool command_run(const struct confirm_config *cfg, const char *arg, const char *input, size_t len,
-			unsigned timeout, int *status, char *why, size_t why_len)
+			unsigned timeout, int *status, struct command_pin *pin, char *why, size_t why_len)
 {
-	struct child c = { .pid = -1, .fd = -1 };
+	struct child c = { .pid = -1, .fd = -1, .pin = pin };
 	int64_t deadline = now_ms() + (int64_t)timeout * 1000;
 	bool done = false;
 
@@ -1172,12 +1215,30 @@ static enum confirm_answer ask_command(const struct confirm_config *cfg, const s
 		snprintf(why, why_len, "out of memory");
 		goto out;
 	}
-	if (!command_run(cfg, req->kind == CONFIRM_DISCLOSURE ? "disclose" : "confirm", input, len, timeout, &status,
-			 why, why_len))
+	/* A key whose PIN the device checks: a yes alone makes no
+	 * signature, so the command is asked for the PIN too. */
+	bool want_pin = req->pin && req->pin_required && req->kind != CONFIRM_DISCLOSURE;
+	struct command_pin *cp = want_pin ? kt_alloc_secret(sizeof(*cp)) : NULL;
+	if (want_pin && !cp) {
+		snprintf(why, why_len, "out of memory");
 		goto out;
+	}
+	const char *arg = req->kind == CONFIRM_DISCLOSURE ? "disclose" : want_pin ? "confirm-pin" : "confirm";
+	bool ran = command_run(cfg, arg, input, len, timeout, &status, cp, why, why_len);
+	if (!ran) {
+		kt_free_secret(cp, cp ? sizeof(*cp) : 0);
+		goto out;
+	}
 	if (status == -1)
 		snprintf(why, why_len, "command %s: exit status lost (SIGCHLD ignored?)", cfg->program);
-	else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+	else if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && want_pin) {
+		CK_RV rv = cp->found ? req->pin->check(req->pin->ctx, cp->pin, cp->pin_len) : CKR_PIN_INCORRECT;
+		answer = rv == CKR_OK ? CONFIRM_YES : CONFIRM_PIN_FAILED;
+		if (!cp->found)
+			snprintf(why, why_len, "command %s said yes but gave no PIN, which the device needs", cfg->program);
+		else if (rv != CKR_OK)
+			snprintf(why, why_len, "the PIN from command %s was refused (%s)", cfg->program, kt_rv_name(rv));
+	} else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		answer = CONFIRM_YES;
 	else if (WIFEXITED(status) && WEXITSTATUS(status) == 1) {
 		answer = CONFIRM_NO;
@@ -1187,6 +1248,7 @@ static enum confirm_answer ask_command(const struct confirm_config *cfg, const s
 	else
 		snprintf(why, why_len, "command %s: killed by signal %d", cfg->program,
 			 WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	kt_free_secret(cp, cp ? sizeof(*cp) : 0);
 out:
 	kt_free_secret(input, len);
 	return answer;
@@ -1295,7 +1357,7 @@ void confirm_notify(const struct confirm_config *cfg, const struct confirm_reque
 			goto fail;
 		}
 		int status;
-		if (!command_run(cfg, "notify", input, len, timeout, &status, why, sizeof(why)))
+		if (!command_run(cfg, "notify", input, len, timeout, &status, NULL, why, sizeof(why)))
 			goto fail;
 	}
 	goto out;

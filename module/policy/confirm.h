@@ -65,6 +65,9 @@ struct confirm_request {
 	const unsigned char *content; /* the document when it is text worth showing, or NULL */
 	size_t content_len;
 	const struct confirm_pin *pin; /* non-NULL: pinentry collects the PIN too */
+	/* The PIN is not optional (a device checks it): the command backend
+	 * is then run with "confirm-pin" and must print "PIN <pin>". */
+	bool pin_required;
 };
 
 enum confirm_answer {

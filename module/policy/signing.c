@@ -433,17 +433,9 @@ CK_RV signing_activate(struct session *s, const CK_BYTE *data, CK_ULONG len)
 	 * give it (Java, OpenSSL never do): the dialog asks for it. */
 	if (c->needs_context_login && !c->context_logged_in)
 		b.req.pin = &pin;
-	/* A device checks that PIN itself: a dialog that cannot collect
-	 * one (the command backend) would ask for a yes that can make no
-	 * signature.  Refused before anyone is asked. */
-	if (b.req.pin && crypto_op_remote(c->op) && cc.backend != CONFIRM_PINENTRY) {
-		free(title);
-		snprintf(c->reason, sizeof(c->reason),
-			 "the device wants the key's PIN and the %s backend cannot ask for it",
-			 cc.backend == CONFIRM_COMMAND ? "command" : "configured");
-		kt_log("signature refused: %s", c->reason);
-		return CKR_USER_NOT_LOGGED_IN;
-	}
+	/* A device checks that PIN itself: the dialog cannot stand in for
+	 * it with a yes alone (the command backend is asked for it too). */
+	b.req.pin_required = b.req.pin && crypto_op_remote(c->op);
 	enum confirm_answer a = confirm_ask(&cc, &b.req, why, sizeof(why));
 	free(title);
 	if (a == CONFIRM_YES)

@@ -19,6 +19,11 @@
 # with -providerClass alone it takes the first provider that can generate
 # (SunRsaSign for RSA), makes the key in software and imports it.
 #
+# On koltamga-device (lib.sh) SunPKCS11's session key pairs are koltamga's
+# (a device token's session keys live in its memory), so the copy to the
+# token is an import: keys-on-token then checks the device holds them,
+# sensitive and not extractable, and is N/A for "generated on the token".
+#
 # Same scenario on SoftHSM2, which has no signing policy: the steps about
 # questions, refusals and the audit log do not apply there.
 set -eu
@@ -77,13 +82,16 @@ verify_jar() {
 }
 
 # fake_confirm NAME CODE: the scripted signer answers CODE (0 yes, 1 no) and
-# writes every request it gets to $TDIR/NAME.confirm.
+# writes every request it gets to $TDIR/NAME.confirm.  Asked "confirm-pin"
+# (koltamga-device: the device checks the key's PIN at every use, and
+# SunPKCS11 never logs in per signature), a yes comes with the PIN.
 fake_confirm() {
-	printf 'out=%s\ncode=%s\n' "$TDIR/$1.confirm" "$2" >"$TDIR/fake-confirm.conf"
+	printf 'out=%s\ncode=%s\npin=%s\n' "$TDIR/$1.confirm" "$2" "$USER_PIN" >"$TDIR/fake-confirm.conf"
 }
-# count WORD NAME: how many "=== WORD" requests NAME.confirm holds (0 if none).
+# count WORD NAME: how many "=== WORD" requests NAME.confirm holds (0 if
+# none); "confirm" counts "confirm-pin" requests too.
 count() {
-	if [ -f "$TDIR/$2.confirm" ]; then grep -c "^=== $1\$" "$TDIR/$2.confirm" || true; else echo 0; fi
+	if [ -f "$TDIR/$2.confirm" ]; then grep -cE "^=== $1(-pin)?\$" "$TDIR/$2.confirm" || true; else echo 0; fi
 }
 # request NAME OUT: the first confirmation request in NAME.confirm.
 request() {
@@ -97,14 +105,14 @@ audit() {
 	grep -F "\"key_id\":$2," "$TDIR/audit.log" | grep -F "\"decision\":\"$1\"" |
 		grep -E "\"program\":\"[^\"]*/$3\"" || true
 }
-policy_only() { [ "$TARGET" = koltamga ] || kt_na "SoftHSM2 has no signing policy"; }
+policy_only() { kt_on_koltamga || kt_na "SoftHSM2 has no signing policy"; }
 
 s_init_token() {
-	if [ "$TARGET" = koltamga ]; then
+	if kt_on_koltamga; then
 		# Keys of people ask (through the scripted signer); the key
 		# labelled seal-ec is a seal.  A later sign_policy line wins.
-		printf 'sign_policy = confirm\nconfirm = command\nconfirm_program = %s\nconfirm_timeout = 30\n[key]\nlabel = %s\nsign_policy = automatic\n' \
-			"$FAKE_CONFIRM" "$SEAL" >>"$KOLTAMGA_CONF"
+		kt_conf_add "$(printf 'sign_policy = confirm\nconfirm = command\nconfirm_program = %s\nconfirm_timeout = 30\n[key]\nlabel = %s\nsign_policy = automatic\n' \
+			"$FAKE_CONFIRM" "$SEAL")"
 		cat "$KOLTAMGA_CONF"
 	fi
 	pt --init-token --so-pin "$SO_PIN" --label "$LABEL"
@@ -168,15 +176,38 @@ s_keys_on_token() {
 		END { if (k) print k "|" l "|" i "|" a }' "$TDIR/objects.txt" | cut -d'|' -f2- >"$TDIR/privkeys.txt"
 	cat "$TDIR/privkeys.txt"
 	[ "$(wc -l <"$TDIR/privkeys.txt")" = 2 ] || kt_fail "expected 2 private keys"
-	local a line
+	local a line dev imported=""
 	for a in "$SEAL" "$SIGNER"; do
 		line=$(grep "^$a|$(hexof "$a")|" "$TDIR/privkeys.txt") || kt_fail "no private key $a with CKA_ID $(hexof "$a")"
 		case $line in
 		*"never extractable, local"*) ;;
-		*) kt_fail "private key $a was not generated on the token: $line" ;;
+		*)
+			[ "$KT_DEVICE" = 1 ] || kt_fail "private key $a was not generated on the token: $line"
+			imported="$imported $a"
+			;;
 		esac
 	done
 	[ "$(grep -c '^Certificate Object' "$TDIR/objects.txt")" = 2 ] || kt_fail "expected 2 certificates"
+	if [ -n "$imported" ]; then
+		# koltamga-device: SunPKCS11 generates a session key pair and
+		# copies it to the token (C_CopyObject).  A device token's session
+		# keys live in koltamga's memory, so the copy is an import.  The
+		# device itself must hold the key, sensitive and not extractable,
+		# and koltamga show what the device says.
+		kt_client pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$LABEL" --login --pin "$USER_PIN" \
+			--list-objects --type privkey >device.txt
+		cat device.txt
+		for a in $imported; do
+			dev=$(awk -v l="$a" '/^[A-Z]/ { p = 0 } /^Private Key Object/ { p = 1 }
+				p && $1 == "label:" && $2 == l { f = 1 } f && /Access:/ { sub(/.*Access: */, ""); print; exit }' device.txt)
+			echo "on the device, $a: $dev"
+			case ", $dev," in *", sensitive,"*) ;; *) kt_fail "$a is not sensitive on the device" ;; esac
+			case $dev in *extractable*) kt_fail "$a: extractable on the device, or never so" ;; esac
+			[ "$(grep "^$a|" "$TDIR/privkeys.txt" | sed 's/.*Access: *//')" = "$dev" ] ||
+				kt_fail "koltamga shows other access flags for $a than the device"
+		done
+		kt_na "SunPKCS11 copies its session keys to the token, and a device token's session keys are koltamga's (in memory): the device holds imported keys (checked: on the device, sensitive, not extractable)"
+	fi
 	# SunPKCS11 does not ask for CKA_SENSITIVE: the token decides.
 	if grep -v 'Access: .*sensitive, always sensitive' "$TDIR/privkeys.txt"; then
 		[ "$TARGET" = softhsm ] && kt_known "SoftHSM2 makes keys generated without CKA_SENSITIVE not sensitive"

@@ -1,21 +1,36 @@
 # tests/clients/lib.sh: shared by the real-client tests (sourced, not run).
 # shellcheck shell=bash
 #
-# Each client test runs one scenario twice, on a fresh token each time:
-#   koltamga  $KOLTAMGA_MODULE (default $KOLTAMGA_BUILDDIR/.libs/koltamga-pkcs11.so)
-#             with KOLTAMGA_CONF -> a temp koltamga.conf (store = <tmp>/store,
-#             scrypt_n = 1024 so key derivation is fast);
-#   softhsm   SoftHSM2 with its own SOFTHSM2_CONF and token directory, as the
-#             reference that keeps the scenario itself honest.
-# and prints one line per step, then a table of both outcomes and every
-# difference.  Exit status: 0 when every koltamga step passed (or does not
-# apply) and SoftHSM only failed where it has a known limitation; 1 otherwise;
-# 77 (skip) when a tool is missing, but only outside CI: with CI set a missing
-# tool is a failure.
+# Each client test runs one scenario on every target, on a fresh token each time:
+#   koltamga         $KOLTAMGA_MODULE (default $KOLTAMGA_BUILDDIR/.libs/koltamga-pkcs11.so)
+#                    with KOLTAMGA_CONF -> a temp koltamga.conf (store = <tmp>/store,
+#                    scrypt_n = 1024 so key derivation is fast);
+#   koltamga-device  the same module and settings, but no store: one
+#                    [token] driver = pkcs11 over SoftHSM2 ($SOFTHSM_MODULE, with
+#                    its own SOFTHSM2_CONF and token directory) playing a device
+#                    (smart card, USB token, HSM): keys on the device, koltamga's
+#                    rules in front of it.  The device's one token is created
+#                    through koltamga's C_InitToken on koltamga's slot; the
+#                    device's own PIN rules apply (SoftHSM2 never locks a PIN),
+#                    so steps about koltamga's own PIN counter are N/A there.
+#                    On an ASan build the GnuTLS scenarios skip it (GnuTLS
+#                    clients then hang at exit: kt_gnutls_asan_na below);
+#   softhsm          SoftHSM2 with its own SOFTHSM2_CONF and token directory, as
+#                    the reference that keeps the scenario itself honest.
+# and prints one line per step, then a table of the outcomes and every
+# difference.  Exit status: 0 when every step of the koltamga targets passed
+# (or does not apply) and SoftHSM only failed where it has a known limitation;
+# 1 otherwise; 77 (skip) when a tool is missing, but only outside CI: with CI
+# set a missing tool is a failure.
 #
-# Knobs: KT_CLIENT_TARGETS="koltamga softhsm" (which runs), KT_STEP_TIMEOUT
-# (seconds per client command, default 180), KT_KEEP_TMP=1 (keep the temp dir),
-# SOFTHSM_MODULE (default /usr/lib/softhsm/libsofthsm2.so).
+# Scenarios add lines to koltamga's configuration with kt_conf_add (never
+# `>>`): on koltamga-device the top-level keys must come before the [token]
+# section.  kt_on_koltamga is true on both koltamga targets, KT_DEVICE=1 on
+# koltamga-device.
+#
+# Knobs: KT_CLIENT_TARGETS="koltamga koltamga-device softhsm" (which run),
+# KT_STEP_TIMEOUT (seconds per client command, default 180), KT_KEEP_TMP=1
+# (keep the temp dir), SOFTHSM_MODULE (default /usr/lib/softhsm/libsofthsm2.so).
 #
 # Only test PINs appear here; never point this at a real token.  pkcs11-spy is
 # never used (it logs PINs and data).
@@ -26,7 +41,7 @@ KT_TEST=$(basename "$0" .sh)
 KT_BUILDDIR=${KOLTAMGA_BUILDDIR:-$(pwd)}
 KT_MODULE=${KOLTAMGA_MODULE:-$KT_BUILDDIR/.libs/koltamga-pkcs11.so}
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-KT_TARGETS=${KT_CLIENT_TARGETS:-koltamga softhsm}
+KT_TARGETS=${KT_CLIENT_TARGETS:-koltamga koltamga-device softhsm}
 KT_STEP_TIMEOUT=${KT_STEP_TIMEOUT:-180}
 
 # Test PINs (never a real user's); used by the scenarios that source this.
@@ -74,41 +89,84 @@ trap kt_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- targets --------------------------------------------------------------
+# kt_softhsm_conf DIR: a SoftHSM2 configuration with its own (empty) token
+# directory DIR/tokens, exported as SOFTHSM2_CONF.
+kt_softhsm_conf() {
+	mkdir -p "$1/tokens"
+	printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
+		"$1/tokens" >"$1/softhsm2.conf"
+	SOFTHSM2_CONF=$1/softhsm2.conf
+	export SOFTHSM2_CONF
+}
+
+# kt_asan_runtime: the sanitizer runtime an ASan build of $KT_MODULE needs
+# preloaded in the client (empty for a normal build).
+kt_asan_runtime() {
+	if command -v ldd >/dev/null 2>&1 && [ -f "$KT_MODULE" ]; then
+		ldd "$KT_MODULE" 2>/dev/null | awk '/libasan/ { print $3; exit }'
+	fi
+}
+
+# GnuTLS clients (p11tool, certtool) under the ASan preload on koltamga-device
+# hang in exit(), so a scenario that is mostly GnuTLS sets KT_GNUTLS_SCENARIO=1
+# (kt_for_each_target then skips koltamga-device on an ASan build) and a
+# single GnuTLS step calls kt_gnutls_asan_na.  Why: p11-kit's ELF constructor
+# runs before the preloaded ASan runtime's, its newlocale() mallocs, ASan
+# initialises inside that and calls dlerror(), whose gettext takes and drops
+# the setlocale lock newlocale holds: the lock is left corrupt.  The next
+# gettext in the process (SoftHSM2's OpenSSL probing for an engine, the
+# device's module being in the process here) makes p11-kit's freelocale() at
+# exit wait forever.  Client-side (SoftHSM2 loaded directly hangs the same
+# way), the same hang as certtool's in p11tool.sh.
+KT_GNUTLS_ASAN_HANG="GnuTLS clients hang in exit() under the ASan preload with the device's module in the process (p11-kit's constructor runs before ASan's and leaves the setlocale lock corrupt; lib.sh)"
+kt_gnutls_asan_na() {
+	if [ "${KT_DEVICE:-0}" = 1 ] && [ -n "${KT_PRELOAD:-}" ]; then
+		kt_na "$KT_GNUTLS_ASAN_HANG"
+	fi
+	return 0
+}
+
 # kt_target NAME: fresh token store and environment for NAME.  Sets TARGET,
-# MODULE, TDIR, STRICT (1: every step must pass; 0: reference implementation).
+# MODULE, TDIR, STRICT (1: every step must pass; 0: reference implementation),
+# KT_DEVICE (1: koltamga's token is on a device).
 kt_target() {
 	TARGET=$1
 	TDIR=$KT_TMP/$TARGET
 	KT_ABORTED=""
 	KT_PRELOAD=""
+	KT_DEVICE=0
 	mkdir -p "$TDIR"
 	unset KOLTAMGA_CONF SOFTHSM2_CONF
 	case $TARGET in
-	koltamga)
+	koltamga | koltamga-device)
 		MODULE=$KT_MODULE
 		STRICT=1
-		mkdir -p "$TDIR/store"
 		# Seal-like keys: these scenarios test the clients, not the
 		# signer's confirmation (tests/clients/confirm.sh does).
-		printf 'store = %s\nscrypt_n = 1024\nsign_policy = automatic\naudit_log = %s\n' \
-			"$TDIR/store" "$TDIR/audit.log" >"$TDIR/koltamga.conf"
+		if [ "$TARGET" = koltamga ]; then
+			mkdir -p "$TDIR/store"
+			printf 'store = %s\nscrypt_n = 1024\nsign_policy = automatic\naudit_log = %s\n' \
+				"$TDIR/store" "$TDIR/audit.log" >"$TDIR/koltamga.conf"
+		else
+			# No store: the one token is SoftHSM2's, behind the
+			# pkcs11 driver; SoftHSM2's files are its own.
+			# shellcheck disable=SC2034 # read by the scenarios
+			KT_DEVICE=1
+			kt_softhsm_conf "$TDIR"
+			printf 'scrypt_n = 1024\nsign_policy = automatic\naudit_log = %s\n[token]\ndriver = pkcs11\nmodule = %s\n' \
+				"$TDIR/audit.log" "$SOFTHSM_MODULE" >"$TDIR/koltamga.conf"
+		fi
 		KOLTAMGA_CONF=$TDIR/koltamga.conf
 		export KOLTAMGA_CONF
 		# An ASan build of the module needs the sanitizer runtime first in
 		# the (uninstrumented) client process.  Leak checking is off: the
 		# clients' own leaks would fail every run; the cmocka tests cover ours.
-		if command -v ldd >/dev/null 2>&1 && [ -f "$MODULE" ]; then
-			KT_PRELOAD=$(ldd "$MODULE" 2>/dev/null | awk '/libasan/ { print $3; exit }')
-		fi
+		KT_PRELOAD=$(kt_asan_runtime)
 		;;
 	softhsm)
 		MODULE=$SOFTHSM_MODULE
 		STRICT=0
-		mkdir -p "$TDIR/tokens"
-		printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
-			"$TDIR/tokens" >"$TDIR/softhsm2.conf"
-		SOFTHSM2_CONF=$TDIR/softhsm2.conf
-		export SOFTHSM2_CONF
+		kt_softhsm_conf "$TDIR"
 		;;
 	*)
 		echo "unknown target $TARGET" >&2
@@ -118,32 +176,70 @@ kt_target() {
 	echo "== $KT_TEST on $TARGET ($MODULE)"
 }
 
+# kt_on_koltamga: the target is koltamga (its token in files or on a device).
+kt_on_koltamga() {
+	case $TARGET in koltamga | koltamga-device) return 0 ;; esac
+	return 1
+}
+
+# kt_conf_add TEXT: add TEXT's lines to $KOLTAMGA_CONF.  Its top-level lines
+# (those before its first [section]) go before the file's first section, where
+# top-level keys must be (a [token] section runs to the end of the file or the
+# next section); its sections go at the end.  Without sections in the file,
+# that is a plain append.
+kt_conf_add() {
+	local f=$KOLTAMGA_CONF
+	printf '%s\n' "$1" | awk -v f="$f" '
+		!sec && /^[ \t]*\[/ { sec = 1 }
+		{ if (sec) tail = tail $0 "\n"; else head = head $0 "\n" }
+		END {
+			done = 0
+			while ((getline line < f) > 0) {
+				if (!done && line ~ /^[ \t]*\[/) { printf "%s", head; done = 1 }
+				print line
+			}
+			if (!done) printf "%s", head
+			printf "%s", tail
+		}' >"$f.new"
+	mv "$f.new" "$f"
+}
+
+# kt_module_missing TARGET: TARGET's module-present step failed; it ran no more.
+kt_module_missing() {
+	KT_RESULT["$1|module-present"]=FAIL
+	case " ${KT_STEPS[*]-} " in *" module-present "*) ;; *) KT_STEPS+=(module-present) ;; esac
+	KT_RAN+=("$1")
+}
+
 # kt_for_each_target FUNCTION: run the scenario FUNCTION on every target.
 kt_for_each_target() {
 	local t
 	for t in $KT_TARGETS; do
 		case $t in
-		koltamga)
+		koltamga | koltamga-device)
 			if [ ! -f "$KT_MODULE" ]; then
 				# make check always builds it; a missing module is a failure.
 				echo "FAIL: koltamga module not found at $KT_MODULE (set KOLTAMGA_MODULE)"
-				KT_RESULT["koltamga|module-present"]=FAIL
-				KT_STEPS+=(module-present)
-				KT_RAN+=(koltamga)
+				kt_module_missing "$t"
 				continue
 			fi
 			;;
-		softhsm)
+		esac
+		if [ "$t" = koltamga-device ] && [ -n "${KT_GNUTLS_SCENARIO:-}" ] && [ -n "$(kt_asan_runtime)" ]; then
+			echo "SKIP: koltamga-device run: $KT_GNUTLS_ASAN_HANG"
+			KT_SKIPPED_TARGETS="$KT_SKIPPED_TARGETS $t"
+			continue
+		fi
+		case $t in
+		softhsm | koltamga-device)
 			if [ ! -f "$SOFTHSM_MODULE" ]; then
 				[ -n "${CI:-}" ] && {
 					echo "FAIL: SoftHSM2 module missing at $SOFTHSM_MODULE (CI installs softhsm2)"
-					KT_RESULT["softhsm|module-present"]=FAIL
-					KT_STEPS+=(module-present)
-					KT_RAN+=(softhsm)
+					kt_module_missing "$t"
 					continue
 				}
-				echo "SKIP: softhsm reference run: $SOFTHSM_MODULE missing (apt-get install softhsm2)"
-				KT_SKIPPED_TARGETS="$KT_SKIPPED_TARGETS softhsm"
+				echo "SKIP: $t run: $SOFTHSM_MODULE missing (apt-get install softhsm2)"
+				KT_SKIPPED_TARGETS="$KT_SKIPPED_TARGETS $t"
 				continue
 			fi
 			;;
@@ -215,7 +311,7 @@ kt_step() {
 	log=$TDIR/$name.log
 	if [ -n "$KT_ABORTED" ]; then
 		KT_RESULT["$TARGET|$name"]=NOTRUN
-		printf '%-6s %-8s %s (after %s failed)\n' NOTRUN "$TARGET" "$name" "$KT_ABORTED"
+		printf '%-6s %-15s %s (after %s failed)\n' NOTRUN "$TARGET" "$name" "$KT_ABORTED"
 		return 0
 	fi
 	set +e
@@ -234,11 +330,11 @@ kt_step() {
 	esac
 	KT_RESULT["$TARGET|$name"]=$res
 	case $res in
-	PASS) printf '%-6s %-8s %s\n' PASS "$TARGET" "$name" ;;
-	N/A | KNOWN) printf '%-6s %-8s %s: %s\n' "$res" "$TARGET" "$name" \
+	PASS) printf '%-6s %-15s %s\n' PASS "$TARGET" "$name" ;;
+	N/A | KNOWN) printf '%-6s %-15s %s: %s\n' "$res" "$TARGET" "$name" \
 		"$(grep -E '^(not applicable|known limitation):' "$log" | tail -n 1 | cut -d: -f2- | sed 's/^ //')" ;;
 	FAIL)
-		printf '%-6s %-8s %s (exit %s)\n' FAIL "$TARGET" "$name" "$rc"
+		printf '%-6s %-15s %s (exit %s)\n' FAIL "$TARGET" "$name" "$rc"
 		if grep -Eq 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$log"; then
 			# A sanitizer report: its start says what and where.
 			grep -Em1 -A40 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$log" | sed 's/^/        | /'
@@ -253,26 +349,30 @@ kt_step() {
 
 # kt_finish: the table, the differences, the exit status.
 kt_finish() {
-	local s t r line bad=0 npass=0 nfail=0 nnotrun=0 nother=0 diffs=""
+	local s t r line bad=0 diffs="" w
+	declare -A npass=() nfail=() nnotrun=() nother=()
 	echo
 	echo "== $KT_TEST: outcomes"
 	line=$(printf '%-28s' step)
-	for t in "${KT_RAN[@]}"; do line="$line$(printf ' %-9s' "$t")"; done
+	for t in "${KT_RAN[@]}"; do
+		w=$((${#t} > 9 ? ${#t} : 9))
+		line="$line$(printf ' %-*s' "$w" "$t")"
+	done
 	echo "$line"
 	for s in "${KT_STEPS[@]}"; do
 		line=$(printf '%-28s' "$s")
 		local seen=""
 		for t in "${KT_RAN[@]}"; do
 			r=${KT_RESULT["$t|$s"]:-NOTRUN}
-			line="$line$(printf ' %-9s' "$r")"
+			w=$((${#t} > 9 ? ${#t} : 9))
+			line="$line$(printf ' %-*s' "$w" "$r")"
 			[ -n "$seen" ] && [ "$seen" != "$r" ] && diffs="$diffs  $s:"
 			seen=$r
-			case $t:$r in
-			*:PASS) [ "$t" = koltamga ] && npass=$((npass + 1)) ;;
-			koltamga:FAIL) nfail=$((nfail + 1)); bad=1 ;;
-			koltamga:NOTRUN) nnotrun=$((nnotrun + 1)); bad=1 ;;
-			*:FAIL | *:NOTRUN) bad=1 ;;
-			koltamga:*) nother=$((nother + 1)) ;;
+			case $r in
+			PASS) npass[$t]=$((${npass[$t]:-0} + 1)) ;;
+			FAIL) nfail[$t]=$((${nfail[$t]:-0} + 1)); bad=1 ;;
+			NOTRUN) nnotrun[$t]=$((${nnotrun[$t]:-0} + 1)); bad=1 ;;
+			*) nother[$t]=$((${nother[$t]:-0} + 1)) ;;
 			esac
 		done
 		echo "$line"
@@ -293,9 +393,14 @@ kt_finish() {
 		fi
 	fi
 	[ -n "$KT_SKIPPED_TARGETS" ] && echo "skipped targets:$KT_SKIPPED_TARGETS"
-	case " ${KT_RAN[*]-} " in
-	*" koltamga "*) echo "$KT_TEST koltamga steps: $npass passed, $nfail failed, $nnotrun not run, $nother not applicable" ;;
-	esac
+	for t in "${KT_RAN[@]}"; do
+		case $t in
+		koltamga | koltamga-device)
+			echo "$KT_TEST $t steps: ${npass[$t]:-0} passed, ${nfail[$t]:-0} failed," \
+				"${nnotrun[$t]:-0} not run, ${nother[$t]:-0} not applicable"
+			;;
+		esac
+	done
 	if [ "$bad" = 0 ]; then
 		echo "RESULT: $KT_TEST PASS"
 		return 0

@@ -6,7 +6,9 @@
 # stores them on the token; certutil -L/-K list them; cmsutil -S makes CMS
 # signatures (attached and detached) that cmsutil -D and openssl cms verify.
 # On koltamga the first key is a seal (sign_policy = automatic: no question)
-# and the second a person's key (sign_policy = confirm): a scripted signer
+# and the second a person's key (sign_policy = confirm; on koltamga-device,
+# whose keys take their policy from the configuration at every use, a [key]
+# section names the seal's CKA_ID to keep it automatic): a scripted signer
 # (tests/pinentry/fake-confirm.sh, confirm = command) says yes, no, cancel;
 # each answer must give exactly one question, the right request, the right
 # audit record, and a signature only after yes.  Same scenario on SoftHSM2,
@@ -33,7 +35,7 @@ nss() {
 	shift
 	kt_client "$tool" -d "sql:$TDIR/db" "$@"
 }
-on_koltamga() { [ "$TARGET" = koltamga ]; }
+on_koltamga() { kt_on_koltamga; }
 # logged CMD...: CMD's output to out.txt and the log; CMD's status.
 logged() {
 	local rc=0
@@ -136,7 +138,7 @@ s_nss_database() {
 		# Keys made from now on are seals (the harness default) until
 		# the signer's key; the scripted signer says no meanwhile, so a
 		# question where none belongs fails the signature.
-		printf 'confirm = command\nconfirm_program = %s\n' "$FAKE_CONFIRM" >>"$KOLTAMGA_CONF"
+		kt_conf_add "$(printf 'confirm = command\nconfirm_program = %s\n' "$FAKE_CONFIRM")"
 		cat "$KOLTAMGA_CONF"
 	fi
 	answer 1
@@ -184,11 +186,23 @@ s_seal_key() {
 }
 
 s_signer_key() {
-	local n0
+	local n0 id
 	if on_koltamga; then
 		# Keys of people ask; the seal made before keeps its policy.
 		sed -i 's/^sign_policy = automatic$/sign_policy = confirm/' "$KOLTAMGA_CONF"
 		kt_grep '^sign_policy = confirm$' "$KOLTAMGA_CONF"
+		if [ "$KT_DEVICE" = 1 ]; then
+			# A device cannot keep koltamga's policy attribute: its
+			# keys' policy comes from the configuration at every use,
+			# so the seal keeps its own through a [key] section.
+			pt --login --pin "$USER_PIN" --list-objects --type privkey >seal-key.txt
+			cat seal-key.txt
+			id=$(awk '/^Private Key Object; RSA/ { p = 1; next } /^[A-Z]/ { p = 0 }
+				p && $1 == "ID:" { print $2; exit }' seal-key.txt)
+			[ -n "$id" ] || kt_fail "the seal key has no CKA_ID"
+			kt_conf_add "$(printf '[key]\nid = %s\nsign_policy = automatic\n' "$id")"
+			cat "$KOLTAMGA_CONF"
+		fi
 	fi
 	n0=$(audit_count)
 	answer 0

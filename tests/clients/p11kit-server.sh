@@ -26,6 +26,12 @@
 #   - wrong PINs from separate client processes (pkcs11-tool, p11tool) count
 #     together in the server's token and lock it at max_pin_tries.
 #
+# koltamga-device leg (lib.sh): the server's koltamga has no store and one
+# [token] on SoftHSM2 as the device (the server's environment has both
+# configurations); the client must open neither configuration, the device's
+# token directory, nor either module, and the PIN lockout is the device's own
+# rule (SoftHSM2 never locks: N/A once wrong PINs are seen refused).
+#
 # SoftHSM2 reference leg: p11-kit server serves SoftHSM just as well, so the
 # same scenario runs on it (SOFTHSM2_CONF in the server's environment only).
 # It keeps the p11-kit side honest: what the RPC drops or passes is the same
@@ -99,6 +105,7 @@ start_server() {
 	local -a envs=(XDG_RUNTIME_DIR="$TDIR/xdg-run" KT_FAKE_CONFIRM="$TDIR/fake-confirm.conf")
 	case $TARGET in
 	koltamga) envs+=(KOLTAMGA_CONF="$KOLTAMGA_CONF") ;;
+	koltamga-device) envs+=(KOLTAMGA_CONF="$KOLTAMGA_CONF" SOFTHSM2_CONF="$SOFTHSM2_CONF") ;;
 	softhsm) envs+=(SOFTHSM2_CONF="$SOFTHSM2_CONF") ;;
 	esac
 	if [ -n "${KT_PRELOAD:-}" ]; then
@@ -130,7 +137,7 @@ ptl() { pt --token-label "$LABEL" "$@"; }
 # The module loaded directly (the administrator's view, on the server side).
 direct() { kt_client pkcs11-tool --module "$MODULE" "$@"; }
 
-on_koltamga() { [ "$TARGET" = koltamga ]; }
+on_koltamga() { kt_on_koltamga; }
 confirm_only() { on_koltamga || kt_na "SoftHSM2 has no signing confirmation"; }
 
 # answer CODE: the scripted signer's next answer (0 yes, 1 no, 2 cancel);
@@ -168,9 +175,14 @@ pub_pem() {
 	kt_spki_pem "pub-$1.der" "$2"
 }
 
-# The store the server's token lives in (the client must never touch it).
-store_dir() { if on_koltamga; then echo "$TDIR/store"; else echo "$TDIR/tokens"; fi; }
-conf_file() { if on_koltamga; then echo "$KOLTAMGA_CONF"; else echo "$SOFTHSM2_CONF"; fi; }
+# The store the server's token lives in (the client must never touch it):
+# koltamga's files, or the device's (SoftHSM2's token directory).
+store_dir() { if [ "$TARGET" = koltamga ]; then echo "$TDIR/store"; else echo "$TDIR/tokens"; fi; }
+# The configuration files the server's token reads.
+conf_files() {
+	on_koltamga && echo "$KOLTAMGA_CONF"
+	[ "$TARGET" = koltamga ] || echo "$SOFTHSM2_CONF"
+}
 
 strace_usable() {
 	strace -o /dev/null true >/dev/null 2>&1 && return 0
@@ -458,9 +470,14 @@ s_private_value() {
 # token through the socket only.
 s_no_store_access() {
 	strace_usable
-	local store conf
+	local store conf f
+	local -a files
 	store=$(store_dir)
-	conf=$(conf_file)
+	# What only the server may open: the store, the configuration, the
+	# module (and on koltamga-device the device's module too).
+	files=("$store" "$MODULE")
+	while IFS= read -r conf; do files+=("$conf"); done < <(conf_files)
+	[ "$KT_DEVICE" = 1 ] && files+=("$SOFTHSM_MODULE")
 	kt_doc doc.txt
 	answer 1
 	cl strace -f -s 1024 -e trace=%file,connect -o list.strace \
@@ -471,12 +488,11 @@ s_no_store_access() {
 	openssl dgst -sha256 -verify seal.pub.pem -signature traced.sig doc.txt
 	cat list.strace sign.strace >all.strace
 	echo "traced $(wc -l <all.strace) calls; the token's:"
-	grep -F -e "$store" -e "$conf" -e "$MODULE" all.strace || true
+	printf '  %s\n' "${files[@]}"
+	for f in "${files[@]}"; do grep -F -e "$f" all.strace || true; done
 	kt_grep 'p11-kit-client\.so' all.strace
 	kt_grep "connect\\(.*sun_path=\"$SOCK\"" all.strace
-	kt_nogrep "$store" all.strace
-	kt_nogrep "$conf" all.strace
-	kt_nogrep "$MODULE" all.strace
+	for f in "${files[@]}"; do kt_nogrep "$f" all.strace; done
 	kt_nogrep 'fake-confirm' all.strace
 	# The server's processes did open the store.
 	[ -n "$(ls -A "$store")" ] || kt_fail "the store is empty"
@@ -532,7 +548,10 @@ s_other_user() {
 }
 
 # Wrong PINs from separate client processes, and two programs, count
-# together: the counter is in the server's token.  max_pin_tries = 3.
+# together: the counter is in the server's token.  max_pin_tries = 3.  On
+# koltamga-device the device's own PIN rules apply (koltamga keeps no counter
+# for it; SoftHSM2 never locks): every wrong PIN must still be refused through
+# the server and the right one work after them, and the lockout does not apply.
 s_pin_lockout() {
 	local rc=0
 	ptl --login --pin "$BAD_PIN" --list-objects >try1.txt 2>&1 || true
@@ -540,7 +559,7 @@ s_pin_lockout() {
 	kt_grep 'CKR_PIN_INCORRECT' try1.txt
 	pt --list-token-slots >slots1.txt
 	grep 'token flags' slots1.txt
-	if on_koltamga; then kt_grep 'token flags.*user PIN count low' slots1.txt; fi
+	if [ "$TARGET" = koltamga ]; then kt_grep 'token flags.*user PIN count low' slots1.txt; fi
 	cl p11tool --batch --provider "$P11KIT_CLIENT" --login --set-pin "$BAD_PIN" \
 		--list-privkeys "pkcs11:token=$LABEL" >try2.txt 2>&1 || rc=$?
 	cat try2.txt
@@ -550,11 +569,19 @@ s_pin_lockout() {
 	kt_grep 'Wrong PIN' try2.txt
 	pt --list-token-slots >slots2.txt
 	grep 'token flags' slots2.txt
-	if on_koltamga; then kt_grep 'token flags.*final user PIN try' slots2.txt; fi
+	if [ "$TARGET" = koltamga ]; then kt_grep 'token flags.*final user PIN try' slots2.txt; fi
 	ptl --login --pin "$BAD_PIN" --list-objects >try3.txt 2>&1 || true
 	cat try3.txt
 	ptl --login --pin "$USER_PIN" --list-objects >right.txt 2>&1 || true
 	cat right.txt
+	if [ "$KT_DEVICE" = 1 ]; then
+		kt_grep 'CKR_PIN_INCORRECT' try3.txt
+		kt_grep '^Private Key Object' right.txt
+		pt --list-token-slots >slots.txt
+		cat slots.txt
+		kt_nogrep 'user PIN locked' slots.txt
+		kt_na "the device's own PIN rules apply, not koltamga's max_pin_tries (SoftHSM2 never locks a PIN)"
+	fi
 	if grep -q '^Private Key Object' right.txt; then
 		on_koltamga && kt_fail "the right PIN still works after max_pin_tries wrong ones"
 		kt_known "the user PIN never locks (SoftHSM 2.6.1 counts no wrong PINs)"
@@ -589,14 +616,23 @@ scenario() {
 	chmod 700 "$TDIR/run"
 	answer 1
 	case $TARGET in
-	koltamga)
-		TOKEN_URI=pkcs11:manufacturer=koltamga
+	koltamga | koltamga-device)
 		# People's keys ask (the module default), the key labelled seal
-		# is automatic; 3 wrong PINs lock (fixed at C_InitToken).
-		printf '%s\n' "store = $TDIR/store" 'scrypt_n = 1024' 'max_pin_tries = 3' \
+		# is automatic; 3 wrong PINs lock (fixed at C_InitToken).  On
+		# koltamga-device: no store, the device's [token] (lib.sh), whose
+		# token information (its manufacturer too) is the device's, and
+		# the device's PIN rules.
+		local store_line="store = $TDIR/store" device=()
+		TOKEN_URI=pkcs11:manufacturer=koltamga
+		if [ "$KT_DEVICE" = 1 ]; then
+			store_line="# no store: the token is on the device"
+			device=('[token]' 'driver = pkcs11' "module = $SOFTHSM_MODULE")
+			TOKEN_URI='pkcs11:manufacturer=SoftHSM%20project'
+		fi
+		printf '%s\n' "$store_line" 'scrypt_n = 1024' 'max_pin_tries = 3' \
 			'sign_policy = confirm' 'confirm = command' "confirm_program = $FAKE_CONFIRM" \
 			'confirm_timeout = 30' "audit_log = $TDIR/audit.log" \
-			'[key]' 'label = seal' 'sign_policy = automatic' >"$KOLTAMGA_CONF"
+			'[key]' 'label = seal' 'sign_policy = automatic' "${device[@]}" >"$KOLTAMGA_CONF"
 		;;
 	softhsm) TOKEN_URI='pkcs11:manufacturer=SoftHSM%20project' ;;
 	esac

@@ -2,7 +2,9 @@
 # GnuTLS p11tool/certtool (3.7.9) on a fresh token, as an administrator
 # provisions one: initialise, set the user PIN, generate RSA and ECDSA keys on
 # the token, issue a self-signed certificate over the token key and store it,
-# list, test-sign, wrong PIN, delete.  Same scenario on koltamga and SoftHSM2.
+# list, test-sign, wrong PIN, delete.  Same scenario on koltamga (its own
+# token and a device's, lib.sh) and SoftHSM2.  On an ASan build the
+# koltamga-device run is skipped: GnuTLS clients then hang at exit (lib.sh).
 set -eu
 . "$(dirname "$0")/lib.sh"
 
@@ -193,5 +195,6 @@ scenario() {
 	kt_step delete s_delete
 }
 
+KT_GNUTLS_SCENARIO=1 # no koltamga-device run on an ASan build (lib.sh)
 kt_for_each_target scenario
 kt_finish

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # OpenSC pkcs11-tool (0.23) on a fresh token: init, PINs, key generation,
 # listing, signatures checked by openssl, pkcs11-tool's own --test/--test-ec,
-# PIN change, wrong PINs, deletion.  Same scenario on koltamga and SoftHSM2.
+# PIN change, wrong PINs, deletion.  Same scenario on koltamga, on koltamga
+# with its token on a device (koltamga-device: SoftHSM2 behind the pkcs11
+# driver; there keys-on-device also checks, through the device's own module,
+# that the key pairs were generated on the device, and the PIN lockout is the
+# device's business, N/A) and on SoftHSM2.
 set -eu
 . "$(dirname "$0")/lib.sh"
 
@@ -67,6 +71,31 @@ s_list_objects() {
 	if grep -Ev 'sensitive.*never extractable' access.txt; then
 		kt_fail "a private key is not sensitive + never extractable"
 	fi
+}
+
+# koltamga-device: the key pairs were generated on the device itself (the
+# device's own view, through its module), and koltamga shows the device's
+# public keys.  Private keys that never left the device make every signature
+# below one the device made.
+s_keys_on_device() {
+	[ "$KT_DEVICE" = 1 ] || kt_na "the token is not on a device here"
+	local id n=0
+	kt_client pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$LABEL" --login --pin "$USER_PIN" \
+		--list-objects >device.txt
+	cat device.txt
+	for id in 01 02 03; do
+		[ "$id" = 03 ] && [ "${KT_RESULT["$TARGET|keygen-ed25519"]:-}" != PASS ] && continue
+		awk -v id="$id" '/^[A-Z]/ { p = ($0 ~ /^Private Key Object/) } p && $1 == "ID:" && $2 == id { f = 1 }
+			f && /Access:/ { print; exit }' device.txt >access.txt
+		[ -s access.txt ] || kt_fail "no private key $id on the device"
+		kt_grep 'sensitive, always sensitive, never extractable, local' access.txt
+		n=$((n + 1))
+	done
+	ptl --list-objects --type pubkey >kt-pubs.txt
+	kt_client pkcs11-tool --module "$SOFTHSM_MODULE" --token-label "$LABEL" --list-objects --type pubkey >dev-pubs.txt
+	cmp <(grep -E '^ +(EC_POINT|ID):' kt-pubs.txt | sort) <(grep -E '^ +(EC_POINT|ID):' dev-pubs.txt | sort) ||
+		kt_fail "koltamga shows other public keys than the device"
+	echo "$n private keys on the device"
 }
 
 # ec_pub_pem ID OUT.pem: the P-256 public key, built from the CKA_EC_POINT
@@ -205,15 +234,26 @@ s_delete() {
 }
 
 # Five wrong PINs (koltamga's default max_pin_tries) lock the user PIN, even
-# for the right one; the SO unlocks it by setting a new one.
+# for the right one; the SO unlocks it by setting a new one.  On
+# koltamga-device the device's own PIN rules apply (koltamga keeps no counter
+# for it): SoftHSM2 answers every wrong PIN with CKR_PIN_INCORRECT and never
+# locks, which is checked, and the lockout itself does not apply.
 s_pin_lockout() {
 	local i
 	for i in 1 2 3 4 5; do
 		ptl --login --pin "$BAD_PIN" --list-objects >try$i.txt 2>&1 || true
 		grep -o 'CKR_[A-Z_]*' try$i.txt || kt_fail "wrong PIN $i: no error"
+		if [ "$KT_DEVICE" = 1 ]; then kt_grep 'CKR_PIN_INCORRECT' try$i.txt; fi
 	done
 	ptl --login --pin "$NEW_PIN" --list-objects >locked.txt 2>&1 || true
 	cat locked.txt
+	if [ "$KT_DEVICE" = 1 ]; then
+		kt_grep '^Private Key Object' locked.txt
+		pt --list-token-slots >slots.txt
+		cat slots.txt
+		kt_nogrep 'user PIN locked' slots.txt
+		kt_na "the device's own PIN rules apply, not koltamga's max_pin_tries (SoftHSM2 never locks a PIN)"
+	fi
 	if grep -q '^Private Key Object' locked.txt; then
 		kt_known "the user PIN never locks (SoftHSM 2.6.1 counts no wrong PINs)"
 	fi
@@ -237,6 +277,7 @@ scenario() {
 	kt_step -c keygen-ec-p256 s_keygen 02 ec-key EC:prime256v1
 	kt_step keygen-ed25519 s_keygen 03 ed-key EC:edwards25519 EC-EDWARDS-KEY-PAIR-GEN
 	kt_step list-objects s_list_objects
+	kt_step keys-on-device s_keys_on_device
 	kt_step sign-sha256-rsa-pkcs s_sign_rsa
 	kt_step sign-ecdsa-sha256 s_sign_ecdsa_sha256
 	kt_step sign-ecdsa-prehashed s_sign_ecdsa_hash

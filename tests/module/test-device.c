@@ -1039,12 +1039,21 @@ static void test_template_reaches_device(void **state)
 
 /* What the scripted signer (tests/pinentry/fake-confirm.sh) answers next:
  * 0 yes, 1 no. */
-static void signer_answers(int code)
+/* The scripted signer's answer, and the PIN it types when asked for one
+ * (NULL: none). */
+static void signer_answers_pin(int code, const char *pin)
 {
 	FILE *fp = fopen(answers, "w");
 	assert_non_null(fp);
 	fprintf(fp, "out=%s\ncode=%d\n", asked, code);
+	if (pin)
+		fprintf(fp, "pin=%s\n", pin);
 	assert_int_equal(fclose(fp), 0);
+}
+
+static void signer_answers(int code)
+{
+	signer_answers_pin(code, NULL);
 }
 
 /* The device's keys are the signer's (sign_policy = confirm for the
@@ -1106,22 +1115,34 @@ static void test_confirm_key_on_device(void **state)
 	assert_int_equal(openssl_verify(s, pub, CKM_ECDSA_SHA256, sig, len), 1);
 	text = hold(certfix_read(asked));
 	assert_int_equal(certfix_count(text, "=== confirm"), 2);
-	/* No per-signature PIN from the application: on a file token the
-	 * dialog stands in for it (test-activation.c), but this device checks
-	 * the PIN itself and this dialog (the command backend) cannot collect
-	 * one, so the signer is not asked for a yes that could make no
-	 * signature, and the device is not asked to sign. */
+	/* No per-signature PIN from the application (Java, NSS never send
+	 * one): on a file token the dialog's yes stands in for it
+	 * (test-activation.c), but this device checks the PIN itself, so the
+	 * dialog asks for it: the command backend with "confirm-pin".  A yes
+	 * without a PIN makes no signature, and the device is not asked. */
 	len = sizeof(sig);
 	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_OK);
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_USER_NOT_LOGGED_IN);
 	assert_int_equal(calls_of("C_Sign"), made + 1);
 	text = hold(certfix_read(asked));
-	assert_int_equal(certfix_count(text, "=== confirm"), 2);
+	assert_int_equal(certfix_count(text, "=== confirm-pin"), 1);
+	/* A wrong PIN typed: the device refuses it, no signature. */
+	signer_answers_pin(0, "0000");
+	len = sizeof(sig);
+	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_OK);
+	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_USER_NOT_LOGGED_IN);
+	assert_int_equal(calls_of("C_Sign"), made + 1);
+	/* The yes and the right PIN: the device checks it and signs. */
+	signer_answers_pin(0, FX_USER_PIN);
+	signs(s, CKM_ECDSA_SHA256, priv, pub);
+	assert_int_equal(calls_of("C_Sign"), made + 2);
+	text = hold(certfix_read(asked));
+	assert_int_equal(certfix_count(text, "=== confirm-pin"), 3);
 	assert_int_equal(F->C_Finalize(NULL), CKR_OK); /* the audit records, written */
 	text = hold(certfix_read(audit));
 	assert_int_equal(certfix_count(text, "\"decision\":\"rejected\""), 1);
-	assert_int_equal(certfix_count(text, "\"decision\":\"signed\""), 1);
-	assert_int_equal(certfix_count(text, "\"decision\":\"refused\""), 1);
+	assert_int_equal(certfix_count(text, "\"decision\":\"signed\""), 2);
+	assert_int_equal(certfix_count(text, "\"decision\":\"refused\""), 2);
 }
 
 /* --- 7. configuration errors ---------------------------------------------- */

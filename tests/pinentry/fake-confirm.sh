@@ -13,12 +13,16 @@
 #   mode=fromstdin  exit 0/1/2 for "ANSWER=yes|no|cancel" in the request
 #   gate=FILE    after reading stdin, wait until FILE exists (a signer who
 #                takes their time; the test decides when they answer)
+#   pin=TEXT     the PIN the signer types when asked "confirm-pin" (a key
+#                whose PIN a device checks): printed as "PIN TEXT" with a
+#                yes; none configured: a yes without a PIN
 # "notify" always exits 0.  Like fake-pinentry, it also appends its
 # /proc/$$/cmdline to out.argv and /proc/$$/environ to out.environ.
 set -u
-out=/dev/null code=0 mode=plain gate=
+out=/dev/null code=0 mode=plain gate= pin=
 while IFS='=' read -r k v; do
 	case $k in
+	pin) pin=$v ;;
 	out) out=$v ;;
 	code) code=$v ;;
 	mode) mode=$v ;;
@@ -55,4 +59,7 @@ fromstdin)
 	esac
 	;;
 esac
+if [ "${1:-}" = confirm-pin ] && [ "$code" = 0 ] && [ -n "$pin" ]; then
+	printf 'PIN %s\n' "$pin"
+fi
 exit "$code"

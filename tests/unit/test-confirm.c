@@ -839,6 +839,62 @@ static void pinentry_pins(const char *mode, int delay_ms, const char *extra, ...
 	fclose(f);
 }
 
+/* A key whose PIN a device checks: the command is asked "confirm-pin" and
+ * its yes must come with a line "PIN <pin>" for the device. */
+static enum confirm_answer ask_command_pin(const char *extra, int code, struct pin_check *pc, char *why,
+					   size_t why_len)
+{
+	struct confirm_config cfg = command_cfg(10);
+	struct confirm_request req = sample();
+	struct confirm_pin pin = { .check = check_pin, .ctx = pc, .tries = 3 };
+	req.pin = &pin;
+	req.pin_required = true;
+	remove_logs(cmd_out);
+	write_file(cmd_conf, "out=%s\ncode=%d\nmode=plain\n%s", cmd_out, code, extra);
+	return confirm_ask(&cfg, &req, why, why_len);
+}
+
+static void test_command_pin(void **state)
+{
+	(void)state;
+	char why[256];
+	struct pin_check pc = right_is("4321", 4);
+	assert_int_equal(ask_command_pin("pin=4321\n", 0, &pc, why, sizeof(why)), CONFIRM_YES);
+	assert_int_equal(pc.calls, 1);
+	assert_checked(&pc, 0, "4321", 4);
+	char *out = slurp(cmd_out);
+	assert_non_null(strstr(out, "=== confirm-pin\n"));
+	free(out);
+	/* A wrong PIN: refused by check(), no yes. */
+	pc = right_is("4321", 4);
+	assert_int_equal(ask_command_pin("pin=0000\n", 0, &pc, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 1);
+	/* A yes without a PIN: nothing to check, no yes either. */
+	pc = right_is("4321", 4);
+	assert_int_equal(ask_command_pin("", 0, &pc, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 0);
+	assert_non_null(strstr(why, "gave no PIN"));
+	/* A no stays a no, the PIN unused. */
+	pc = right_is("4321", 4);
+	assert_int_equal(ask_command_pin("pin=4321\n", 1, &pc, why, sizeof(why)), CONFIRM_NO);
+	assert_int_equal(pc.calls, 0);
+	/* A PIN that is not a line of its own (after 300 KB of output with
+	 * no newline) is not taken. */
+	pc = right_is("4321", 4);
+	assert_int_equal(ask_command_pin("pin=4321\nmode=chatty\n", 0, &pc, why, sizeof(why)), CONFIRM_PIN_FAILED);
+	assert_int_equal(pc.calls, 0);
+	/* Without pin_required the command is asked "confirm" as before. */
+	struct confirm_config cfg = command_cfg(10);
+	struct confirm_request req = sample();
+	struct confirm_pin pin = { .check = check_pin, .ctx = &pc, .tries = 3 };
+	req.pin = &pin;
+	command_mode("plain", 0);
+	assert_int_equal(confirm_ask(&cfg, &req, why, sizeof(why)), CONFIRM_YES);
+	out = slurp(cmd_out);
+	assert_non_null(strstr(out, "=== confirm\n"));
+	free(out);
+}
+
 static enum confirm_answer ask_pin(struct pin_check *pc, unsigned tries, unsigned timeout, char *why,
 				   size_t why_len)
 {
@@ -1298,6 +1354,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_command_missing, no_zombies),
 		cmocka_unit_test_teardown(test_command_input, no_zombies),
 		cmocka_unit_test_teardown(test_command_notify, no_zombies),
+		cmocka_unit_test_teardown(test_command_pin, no_zombies),
 		cmocka_unit_test_teardown(test_deny, no_zombies),
 		cmocka_unit_test_teardown(test_concurrent_pinentry, no_zombies),
 		cmocka_unit_test_teardown(test_concurrent_command, no_zombies),

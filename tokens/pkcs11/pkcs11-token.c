@@ -1301,7 +1301,10 @@ static CK_RV p11_op_final(struct token_op *op, const CK_BYTE *data, CK_ULONG len
 
 static CK_RV p11_op_login(struct token_op *op, const CK_UTF8CHAR *pin, CK_ULONG len)
 {
-	return map_rv(op->t, op->t->f->C_Login(op->s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)pin, len));
+	CK_RV rv = op->t->f->C_Login(op->s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)pin, len);
+	/* The device's key does not ask for a PIN at each use: the
+	 * application's answer, not our misuse of the device. */
+	return rv == CKR_OPERATION_NOT_INITIALIZED ? rv : map_rv(op->t, rv);
 }
 
 static void p11_op_free(struct token_op *op)
