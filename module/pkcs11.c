@@ -112,11 +112,13 @@ static CK_RV begin(CK_SESSION_HANDLE h, struct session **s)
 		leave();
 		return rv;
 	}
-	/* A device pulled out took its sessions with it: only
-	 * C_CloseSession still knows the handle. */
+	/* A device pulled out closed its sessions (PKCS#11): this one is
+	 * gone, and its remains go now. */
 	if ((*s)->insertion != __atomic_load_n(&(*s)->token->insertion, __ATOMIC_ACQUIRE)) {
-		end(*s);
-		return CKR_DEVICE_REMOVED;
+		session_put(*s);
+		session_close(h);
+		leave();
+		return CKR_SESSION_HANDLE_INVALID;
 	}
 	return CKR_OK;
 }
@@ -365,6 +367,13 @@ static CK_RV kt_GetSlotList_entered(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotL
 		struct token *t = slot_at(i);
 		if (!t)
 			break;
+		/* A device that was not there is looked for (the driver does
+		 * that at most every 200 ms), but only when its token is free:
+		 * a device that hangs must not hold up the slot list. */
+		if (tokenPresent && token_is_device(t) && !token_present(t) && token_trylock(t)) {
+			token_refresh_state(t);
+			token_unlock(t);
+		}
 		if (tokenPresent && !token_present(t))
 			continue;
 		if (pSlotList && have < *pulCount)
@@ -443,6 +452,9 @@ static CK_RV kt_GetTokenInfo_entered(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 	if (!t)
 		return CKR_SLOT_ID_INVALID;
 	token_lock(t);
+	/* Asking about a device's token is asking whether it is in. */
+	if (token_is_device(t))
+		token_refresh_state(t);
 	if (!token_present(t)) {
 		rv = CKR_TOKEN_NOT_PRESENT;
 		goto out;
@@ -2005,6 +2017,10 @@ static CK_RV sign_output(struct session *s, const CK_BYTE *data, CK_ULONG len, b
 		rv = sign_gate(s);
 	if (rv == CKR_OK)
 		rv = signing_activate(s, what, what_len);
+	/* The dialog took its time: a logout meanwhile still ends it. */
+	if (rv == CKR_OK && c->uses_private_key &&
+	    __atomic_load_n(&s->token->login_epoch, __ATOMIC_ACQUIRE) != c->login_epoch)
+		rv = CKR_USER_NOT_LOGGED_IN;
 	/* A seal's audit record needs the data's SHA-256; for the mechanisms
 	 * that sign exactly that digest, it is computed once and signed. */
 	unsigned char digest[32];
@@ -2129,9 +2145,10 @@ static CK_RV kt_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 		rv = crypto_check_generate(pMechanism, NULL, a);
 		if (rv == CKR_OK)
 			rv = token_sync(s->token);
-		if (rv == CKR_OK)
+		if (rv == CKR_OK) {
 			rv = token_generate_remote(s->token, s->handle, pMechanism, NULL, a, NULL, phKey);
-		a = NULL;
+			a = NULL;
+		}
 		token_unlock(s->token);
 		goto out;
 	}
@@ -2193,9 +2210,10 @@ static CK_RV kt_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMe
 		rv = crypto_check_generate(pMechanism, pub, priv);
 		if (rv == CKR_OK)
 			rv = token_sync(t);
-		if (rv == CKR_OK)
+		if (rv == CKR_OK) {
 			rv = token_generate_remote(t, s->handle, pMechanism, pub, priv, phPublicKey, phPrivateKey);
-		pub = priv = NULL;
+			pub = priv = NULL;
+		}
 		token_unlock(t);
 		goto out;
 	}
@@ -2419,8 +2437,28 @@ static CK_RV kt_WaitForSlotEvent_entered(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, C
 {
 	if (!pSlot || pReserved)
 		return CKR_ARGUMENTS_BAD;
-	/* File tokens are never inserted or removed. */
-	return (flags & CKF_DONT_BLOCK) ? CKR_NO_EVENT : CKR_FUNCTION_NOT_SUPPORTED;
+	/* File tokens are never inserted or removed; devices are, and are
+	 * looked at when asked (no thread watches them: waiting is not
+	 * supported, polling with CKF_DONT_BLOCK is).  A device held by a
+	 * call in progress is left for the next poll. */
+	if (!(flags & CKF_DONT_BLOCK))
+		return CKR_FUNCTION_NOT_SUPPORTED;
+	for (size_t i = 0, n = slot_count(); i < n; i++) {
+		struct token *t = slot_at(i);
+		if (!t || !token_is_device(t) || !token_trylock(t))
+			continue;
+		token_refresh_state(t);
+		bool event = t->absent != t->reported_absent || t->insertion != t->reported_insertion;
+		t->reported_absent = t->absent;
+		t->reported_insertion = t->insertion;
+		CK_SLOT_ID id = t->slot_id;
+		token_unlock(t);
+		if (event) {
+			*pSlot = id;
+			return CKR_OK;
+		}
+	}
+	return CKR_NO_EVENT;
 }
 
 static CK_RV kt_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)

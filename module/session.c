@@ -77,12 +77,17 @@ static void session_detach(struct session *s)
 {
 	struct token *t = s->token;
 	token_lock(t);
-	token_drop_session_objects(t, s->handle);
-	t->sessions--;
-	if (s->flags & CKF_RW_SESSION)
-		t->rw_sessions--;
-	if (t->sessions == 0 && t->login != USER_NONE)
-		token_logout(t);
+	/* A session from before its device was removed was already
+	 * uncounted, its objects and login dropped, when that was noticed
+	 * (slot.c device_gone). */
+	if (s->insertion == t->insertion) {
+		token_drop_session_objects(t, s->handle);
+		t->sessions--;
+		if (s->flags & CKF_RW_SESSION)
+			t->rw_sessions--;
+		if (t->sessions == 0 && t->login != USER_NONE)
+			token_logout(t);
+	}
 	token_unlock(t);
 }
 

@@ -206,10 +206,20 @@ static char *hex_of(const CK_ATTRIBUTE *a)
 	return h;
 }
 
-/* "<class> <id>-<label>": which object a mark is for. */
+/* Which key a mark is for: "spki <SHA-256 of its SubjectPublicKeyInfo>",
+ * the same for the key pair's objects and its certificate, for a copy, and
+ * whatever its label or CKA_ID become (the application can change those).
+ * An object without a public key to go by: "<class> <id>-<label>". */
 static char *mark_key(const struct attrs *a)
 {
-	char *id = hex_of(attrs_get(a, CKA_ID)), *label = hex_of(attrs_get(a, CKA_LABEL)), *k = NULL;
+	const CK_ATTRIBUTE *spki = attrs_get(a, CKA_PUBLIC_KEY_INFO);
+	unsigned char h[32];
+	char hex[65], *k = NULL;
+	if (spki && spki->ulValueLen && crypto_sha256(spki->pValue, spki->ulValueLen, h)) {
+		kt_hex(hex, h, sizeof(h));
+		return asprintf(&k, "spki %s", hex) < 0 ? NULL : k;
+	}
+	char *id = hex_of(attrs_get(a, CKA_ID)), *label = hex_of(attrs_get(a, CKA_LABEL));
 	if (id && label && asprintf(&k, "%lu %s-%s", object_class(a), id, label) < 0)
 		k = NULL;
 	free(id);
@@ -249,9 +259,10 @@ static void marks_apply(struct token *t, struct attrs *a)
 {
 	char *path = marks_path(t), *key = path ? mark_key(a) : NULL;
 	FILE *fp = key ? fopen(path, "re") : NULL;
-	char line[4096];
+	char *line = NULL;
+	size_t cap = 0;
 	size_t kl = key ? strlen(key) : 0;
-	while (fp && fgets(line, sizeof(line), fp)) {
+	while (fp && getline(&line, &cap, fp) > 0) {
 		if (strncmp(line, key, kl) != 0 || line[kl] != ' ')
 			continue;
 		char *why = line + kl + 1;
@@ -267,6 +278,7 @@ static void marks_apply(struct token *t, struct attrs *a)
 		attrs_set_bool(a, CKA_KT_COMPROMISED, true);
 		attrs_set(a, CKA_KT_COMPROMISE_REASON, reason, (CK_ULONG)n);
 	}
+	free(line);
 	if (fp)
 		fclose(fp);
 	free(path);
@@ -278,11 +290,10 @@ static void marks_apply(struct token *t, struct attrs *a)
 static void device_complete(struct token *t, struct attrs *attrs)
 {
 	CK_OBJECT_CLASS cls = object_class(attrs);
-	if (cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY || cls == CKO_CERTIFICATE) {
-		marks_apply(t, attrs);
-		if (!attrs_has(attrs, CKA_KT_COMPROMISED))
-			attrs_set_bool(attrs, CKA_KT_COMPROMISED, false);
-	}
+	/* Unmarked until device_marks() finds a mark: that needs the
+	 * public key, which a private key may only get from its pair. */
+	if (cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY || cls == CKO_CERTIFICATE)
+		attrs_set_bool(attrs, CKA_KT_COMPROMISED, false);
 	if (cls == CKO_CERTIFICATE && object_derive_certificate(attrs) != CKR_OK)
 		kt_log("%s: a certificate on the device is not valid X.509 DER", t->path);
 	/* A device cannot keep koltamga's policy attribute: its keys get
@@ -347,6 +358,17 @@ static void device_public_key_info(struct token *t)
 	}
 }
 
+/* The compromise marks of a device's objects (marks_apply), once every
+ * object has its public key. */
+static void device_marks(struct token *t)
+{
+	for (size_t b = 0; b < t->buckets; b++)
+		for (struct object *o = t->by_handle[b]; o; o = o->next_handle)
+			if (o->on_device &&
+			    (o->cls == CKO_PRIVATE_KEY || o->cls == CKO_PUBLIC_KEY || o->cls == CKO_CERTIFICATE))
+				marks_apply(t, o->attrs);
+}
+
 static CK_RV token_reload(struct token *t)
 {
 	objects_drop(t, true, false);
@@ -355,8 +377,10 @@ static CK_RV token_reload(struct token *t)
 	CK_RV rv = t->ops->load(t->store, t->key, load_cb, t);
 	if (rv != CKR_OK)
 		kt_log("%s: cannot load objects: %s", t->path, kt_rv_name(rv));
-	else if (token_is_device(t))
+	else if (token_is_device(t)) {
 		device_public_key_info(t);
+		device_marks(t);
+	}
 	return rv;
 }
 
@@ -536,6 +560,9 @@ CK_RV slot_table_init(const struct config *cfg)
 			t->recognized = true;
 			if (token_refresh_state(t) == CKR_OK)
 				token_reload(t);
+			/* What the application sees at C_Initialize is no event. */
+			t->reported_absent = t->absent;
+			t->reported_insertion = t->insertion;
 			continue;
 		}
 		/* A named token whose file does not exist yet is created
@@ -633,6 +660,11 @@ void token_lock(struct token *t)
 	pthread_mutex_lock(&t->lock);
 }
 
+bool token_trylock(struct token *t)
+{
+	return pthread_mutex_trylock(&t->lock) == 0;
+}
+
 void token_unlock(struct token *t)
 {
 	pthread_mutex_unlock(&t->lock);
@@ -650,6 +682,10 @@ static void device_gone(struct token *t)
 	__atomic_add_fetch(&t->insertion, 1, __ATOMIC_SEQ_CST);
 	objects_drop(t, true, false);
 	objects_drop(t, false, false);
+	/* Removing a token closes its sessions (PKCS#11): they no longer
+	 * count, and each answers CKR_SESSION_HANDLE_INVALID from its next
+	 * call on (pkcs11.c begin()). */
+	t->sessions = t->rw_sessions = 0;
 }
 
 /* state() of a device: notice it going and coming back. */
@@ -843,7 +879,10 @@ CK_RV token_login(struct token *t, CK_USER_TYPE who, const CK_UTF8CHAR *pin, CK_
 	t->key = key;
 	rv = token_reload(t);
 	if (rv != CKR_OK) {
-		/* Not logged in after all: an error must leave no login behind. */
+		/* Not logged in after all: an error must leave no login behind,
+		 * on a device either. */
+		if (t->ops->logout)
+			t->ops->logout(t->store);
 		t->ops->key_free(t->key);
 		t->key = NULL;
 		t->login = USER_NONE;
@@ -938,6 +977,11 @@ CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *a
 				device_complete(t, now);
 				attrs_free(attrs);
 				attrs = now;
+			} else {
+				/* Never keep an imported key's material here. */
+				for (size_t i = attrs_count(attrs); i-- > 0;)
+					if (token_attr_is_secret(cls, attrs_at(attrs, i)->type))
+						attrs_remove(attrs, attrs_at(attrs, i)->type);
 			}
 		}
 	} else {
@@ -951,8 +995,26 @@ CK_RV token_object_add(struct token *t, CK_SESSION_HANDLE owner, struct attrs *a
 	return rv;
 }
 
+/* A device cannot keep a key's signing policy, so the configuration gives
+ * it by CKA_ID and label: a change of those (or a copy) that would turn a
+ * confirm key automatic is refused, or renaming would skip the signer. */
+static CK_RV device_policy_kept(struct token *t, const struct object *o, const struct attrs *now)
+{
+	CK_ULONG before = CK_KT_POLICY_CONFIRM;
+	if (o->cls != CKO_PRIVATE_KEY)
+		return CKR_OK;
+	attrs_get_ulong(o->attrs, CKA_KT_SIGN_POLICY, &before);
+	enum sign_policy after =
+		config_key_policy(config, t->policy, attrs_get(now, CKA_ID), attrs_get(now, CKA_LABEL));
+	if (before == CK_KT_POLICY_CONFIRM && after == POLICY_AUTOMATIC) {
+		kt_log("%s: a new CKA_ID or label would make a confirm key sign automatically: refused", t->path);
+		return CKR_ATTRIBUTE_READ_ONLY;
+	}
+	return CKR_OK;
+}
+
 /* Tell a device what changed between the object and its new attributes. */
-static CK_RV device_set(struct token *t, const struct object *o, const struct attrs *attrs)
+static CK_RV device_set(struct token *t, struct object *o, const struct attrs *attrs)
 {
 	struct attrs *changes = attrs_new();
 	CK_RV rv = changes ? CKR_OK : CKR_HOST_MEMORY;
@@ -966,13 +1028,16 @@ static CK_RV device_set(struct token *t, const struct object *o, const struct at
 		else
 			rv = attrs_set(changes, at->type, at->pValue, at->ulValueLen);
 	}
-	/* The mark first: a device that then refuses the rest leaves the
-	 * key marked, the safe side. */
-	if (rv == CKR_OK && marked && attrs_bool(attrs, CKA_KT_COMPROMISED, false) &&
-	    marks_save(t, o->attrs, attrs_get(attrs, CKA_KT_COMPROMISE_REASON)) != CKR_OK)
-		/* Unmarking is no option: the key stays refused in this
-		 * process, and the log says the mark did not persist. */
-		kt_log("%s: the compromise mark holds until this process ends only", t->path);
+	/* The mark first, on disk and in memory: a device that then refuses
+	 * the rest leaves the key marked, the safe side. */
+	if (rv == CKR_OK && marked && attrs_bool(attrs, CKA_KT_COMPROMISED, false)) {
+		if (marks_save(t, o->attrs, attrs_get(attrs, CKA_KT_COMPROMISE_REASON)) != CKR_OK)
+			/* Unmarking is no option: the key stays refused in
+			 * this process, and the log says the mark did not
+			 * persist. */
+			kt_log("%s: the compromise mark holds until this process ends only", t->path);
+		attrs_set_bool(o->attrs, CKA_KT_COMPROMISED, true);
+	}
 	/* A reason on an unmarked object is kept in memory only: it means
 	 * something once a mark comes, and the mark saves it then. */
 	if (rv == CKR_OK && attrs_count(changes))
@@ -984,8 +1049,10 @@ static CK_RV device_set(struct token *t, const struct object *o, const struct at
 CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attrs)
 {
 	if (o->owner == 0 || o->on_device) {
-		CK_RV rv = t->ops->object_set ? device_set(t, o, attrs)
-					      : t->ops->object_update(t->store, t->key, o->handle, attrs);
+		CK_RV rv = o->on_device ? device_policy_kept(t, o, attrs) : CKR_OK;
+		if (rv == CKR_OK)
+			rv = t->ops->object_set ? device_set(t, o, attrs)
+						: t->ops->object_update(t->store, t->key, o->handle, attrs);
 		if (rv != CKR_OK) {
 			attrs_free(attrs);
 			return rv;
@@ -993,6 +1060,12 @@ CK_RV token_object_replace(struct token *t, struct object *o, struct attrs *attr
 		struct attrs *now = NULL;
 		if (t->ops->object_read && t->ops->object_read(t->store, o->handle, &now) == CKR_OK) {
 			device_complete(t, now);
+			/* The public key the object had (a private key's comes
+			 * from its pair), and the marks that go by it. */
+			const CK_ATTRIBUTE *spki = attrs_get(o->attrs, CKA_PUBLIC_KEY_INFO);
+			if (spki && !attrs_has(now, CKA_PUBLIC_KEY_INFO))
+				attrs_set(now, spki->type, spki->pValue, spki->ulValueLen);
+			marks_apply(t, now);
 			/* koltamga's marks as just set, kept even where they
 			 * could not be written down. */
 			const CK_ATTRIBUTE *m = attrs_get(attrs, CKA_KT_COMPROMISED);
@@ -1256,8 +1329,10 @@ CK_RV token_generate_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_M
 	return CKR_OK;
 }
 
-/* The new object a device made (copy, unwrap): read back and shown. */
-static CK_RV device_adopt(struct token *t, CK_SESSION_HANDLE owner, uint64_t id, CK_OBJECT_HANDLE *handle)
+/* The new object a device made (copy, unwrap): read back and shown; a
+ * copy has its source's public key, and so its compromise mark. */
+static CK_RV device_adopt(struct token *t, CK_SESSION_HANDLE owner, uint64_t id, const struct attrs *like,
+			  CK_OBJECT_HANDLE *handle)
 {
 	struct attrs *now = NULL;
 	if (id == 0 || id >= SESSION_HANDLE_BASE) {
@@ -1270,6 +1345,10 @@ static CK_RV device_adopt(struct token *t, CK_SESSION_HANDLE owner, uint64_t id,
 		return rv;
 	}
 	device_complete(t, now);
+	const CK_ATTRIBUTE *spki = like ? attrs_get(like, CKA_PUBLIC_KEY_INFO) : NULL;
+	if (spki && !attrs_has(now, CKA_PUBLIC_KEY_INFO))
+		attrs_set(now, spki->type, spki->pValue, spki->ulValueLen);
+	marks_apply(t, now);
 	rv = object_insert(t, (CK_OBJECT_HANDLE)id, object_is_token(now) ? 0 : owner, now, true);
 	if (rv == CKR_OK)
 		*handle = (CK_OBJECT_HANDLE)id;
@@ -1283,8 +1362,13 @@ CK_RV token_object_copy(struct token *t, CK_SESSION_HANDLE owner, const struct o
 		return token_object_add(t, owner, copy, handle);
 	/* The device copies what it holds (key material included, which
 	 * the module never saw); only the changes go with it. */
+	CK_RV rv = device_policy_kept(t, o, copy);
+	if (rv != CKR_OK) {
+		attrs_free(copy);
+		return rv;
+	}
 	struct attrs *changes = attrs_new();
-	CK_RV rv = changes ? CKR_OK : CKR_HOST_MEMORY;
+	rv = changes ? CKR_OK : CKR_HOST_MEMORY;
 	for (size_t i = 0; i < attrs_count(copy) && rv == CKR_OK; i++) {
 		const CK_ATTRIBUTE *at = attrs_at(copy, i);
 		if (!attrs_match(o->attrs, at))
@@ -1295,7 +1379,7 @@ CK_RV token_object_copy(struct token *t, CK_SESSION_HANDLE owner, const struct o
 	if (rv == CKR_OK)
 		rv = t->ops->object_copy(t->store, o->handle, changes, &id);
 	attrs_free(changes);
-	return rv == CKR_OK ? device_adopt(t, owner, id, handle) : rv;
+	return rv == CKR_OK ? device_adopt(t, owner, id, o->attrs, handle) : rv;
 }
 
 CK_RV token_object_view(struct token *t, const struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count,
@@ -1335,7 +1419,7 @@ CK_RV token_unwrap_remote(struct token *t, CK_SESSION_HANDLE owner, const CK_MEC
 	uint64_t id = 0;
 	CK_RV rv = t->ops->unwrap(t->store, m, uk->handle, in, in_len, tmpl, &id);
 	attrs_free(tmpl);
-	return rv == CKR_OK ? device_adopt(t, owner, id, handle) : rv;
+	return rv == CKR_OK ? device_adopt(t, owner, id, NULL, handle) : rv;
 }
 
 CK_FLAGS token_mechanism_flags(struct token *t, const struct mech_info *mi)

@@ -56,6 +56,8 @@ struct token {
 	 * objects and login are from; bumped each time the device goes, so
 	 * sessions opened before know they are gone (CKR_DEVICE_REMOVED). */
 	bool absent;
+	bool reported_absent;    /* as C_WaitForSlotEvent last told it */
+	unsigned long reported_insertion;
 	unsigned long generation;
 	volatile unsigned long insertion;
 
@@ -86,6 +88,8 @@ const struct config *slot_config(void);
 
 void token_lock(struct token *t);
 void token_unlock(struct token *t);
+/* token_lock if nobody holds it; false otherwise. */
+bool token_trylock(struct token *t);
 
 /* The rest expect the token lock held. */
 CK_RV token_refresh_state(struct token *t);

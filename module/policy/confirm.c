@@ -625,6 +625,17 @@ static bool child_wait(struct child *c, int64_t deadline, int *status)
 				*status = -1;
 			c->pid = -1;
 			gone = true;
+			/* A PIN it printed just before it exited is still in
+			 * the socket: read to the end, a last line without its
+			 * newline included. */
+			if (c->pin && c->fd >= 0) {
+				char rest[512];
+				ssize_t got;
+				while ((got = recv(c->fd, rest, sizeof(rest), MSG_DONTWAIT)) > 0)
+					command_pin_feed(c->pin, rest, (size_t)got);
+				command_pin_feed(c->pin, "\n", 1);
+				kt_wipe(rest, sizeof(rest));
+			}
 			break;
 		}
 		if (r < 0 && errno != EINTR)

@@ -3,8 +3,9 @@
  * module: koltamga's token is a device, SoftHSM2 behind the fault-injecting
  * shim (tests/device/shim.c), which plays a card that is pulled out and put
  * back, slow, hung or failing.  What an application must see then is
- * PKCS#11's answer for a removable token (CKR_DEVICE_REMOVED for sessions
- * from before, CKR_TOKEN_NOT_PRESENT for the slot, a logged-out token when
+ * PKCS#11's answer for a removable token (CKR_DEVICE_REMOVED for the call
+ * that meets the removal, then CKR_SESSION_HANDLE_INVALID: removing a token
+ * closes its sessions; CKR_TOKEN_NOT_PRESENT for the slot, a logged-out token when
  * it is back), never a hang of the other tokens, never an error that blames
  * the application's own handles, and never a key leaving the device.  The
  * configuration that names the device and picks its token is tested here
@@ -450,9 +451,11 @@ static void test_removal_mid_session(void **state)
 	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_OK);
 	shim("removed\n");
 	assert_int_equal(F->C_Sign(s, (CK_BYTE_PTR)doc, sizeof(doc) - 1, sig, &len), CKR_DEVICE_REMOVED);
-	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_DEVICE_REMOVED);
-	assert_int_equal(F->C_FindObjectsInit(s, NULL, 0), CKR_DEVICE_REMOVED);
-	assert_int_equal(F->C_GetSessionInfo(other, &(CK_SESSION_INFO){ 0 }), CKR_DEVICE_REMOVED);
+	/* Removing a token closed its sessions (PKCS#11), this one and the
+	 * other alike. */
+	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_SESSION_HANDLE_INVALID);
+	assert_int_equal(F->C_FindObjectsInit(s, NULL, 0), CKR_SESSION_HANDLE_INVALID);
+	assert_int_equal(F->C_GetSessionInfo(other, &(CK_SESSION_INFO){ 0 }), CKR_SESSION_HANDLE_INVALID);
 	/* The slot stays, a reader without its card. */
 	assert_int_equal(F->C_GetTokenInfo(slot, &ti), CKR_TOKEN_NOT_PRESENT);
 	CK_FLAGS flags = slot_flags(slot);
@@ -462,8 +465,7 @@ static void test_removal_mid_session(void **state)
 	assert_false(listed(CK_TRUE, slot));
 	assert_true(listed(CK_FALSE, slot));
 	assert_int_equal(F->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s2), CKR_TOKEN_NOT_PRESENT);
-	/* An application still closes what it had. */
-	assert_int_equal(F->C_CloseSession(s), CKR_OK);
+	/* An application that closes what it had is told it is gone. */
 	assert_int_equal(F->C_CloseSession(s), CKR_SESSION_HANDLE_INVALID);
 	/* The failed signature is in the audit log, as failed. */
 	const char *log = hold(certfix_read(audit));
@@ -473,9 +475,9 @@ static void test_removal_mid_session(void **state)
 	shim(NULL);
 	wait_for_device();
 	assert_true(listed(CK_TRUE, slot));
-	assert_int_equal(F->C_GetSessionInfo(other, &(CK_SESSION_INFO){ 0 }), CKR_DEVICE_REMOVED);
-	assert_int_equal(F->C_FindObjectsInit(other, NULL, 0), CKR_DEVICE_REMOVED);
-	assert_int_equal(F->C_CloseSession(other), CKR_OK);
+	assert_int_equal(F->C_GetSessionInfo(other, &(CK_SESSION_INFO){ 0 }), CKR_SESSION_HANDLE_INVALID);
+	assert_int_equal(F->C_FindObjectsInit(other, NULL, 0), CKR_SESSION_HANDLE_INVALID);
+	assert_int_equal(F->C_CloseSession(other), CKR_SESSION_HANDLE_INVALID);
 	assert_int_equal(F->C_GetTokenInfo(slot, &ti), CKR_OK);
 	assert_true(label_is(ti.label, "test"));
 	s2 = fixture_open_session(slot, true);
@@ -489,18 +491,18 @@ static void test_removal_mid_session(void **state)
 
 /* --- 2. removal in a multi-part signature; pulled and put back ----------- */
 
-/* Once the module has answered CKR_DEVICE_REMOVED, the session is one
- * from before the removal: so it stays, whichever call comes next. */
+/* Once the module has answered CKR_DEVICE_REMOVED, the session was closed
+ * with the removal: whichever call comes next. */
 static void session_is_gone(CK_SESSION_HANDLE s)
 {
 	CK_SESSION_INFO info = { 0 };
 	CK_RV rv = F->C_GetSessionInfo(s, &info);
-	if (rv != CKR_DEVICE_REMOVED)
-		fail_msg(
-		    "C_GetSessionInfo after CKR_DEVICE_REMOVED = 0x%lx (state %lu), not CKR_DEVICE_REMOVED",
-		    rv, info.state);
+	if (rv != CKR_SESSION_HANDLE_INVALID)
+		fail_msg("C_GetSessionInfo after CKR_DEVICE_REMOVED = 0x%lx (state %lu), not "
+			 "CKR_SESSION_HANDLE_INVALID",
+			 rv, info.state);
 	CK_BYTE part[4] = { 0 };
-	assert_int_equal(F->C_SignUpdate(s, part, sizeof(part)), CKR_DEVICE_REMOVED);
+	assert_int_equal(F->C_SignUpdate(s, part, sizeof(part)), CKR_SESSION_HANDLE_INVALID);
 }
 
 /* A signature in parts, the device pulled out before its end; the same
@@ -555,11 +557,12 @@ static void test_pulled_and_put_back(void **state)
 	signs(s, CKM_ECDSA_SHA256, priv, pub);
 
 	/* A signature on a session from before meets the device's new
-	 * insertion: removed, not an invalid handle of ours. */
+	 * insertion: removed, not an invalid handle of ours; after that
+	 * the session is closed, as removal closes them. */
 	pulled_and_put_back();
 	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_DEVICE_REMOVED);
-	assert_int_equal(F->C_FindObjectsInit(s, NULL, 0), CKR_DEVICE_REMOVED);
-	assert_int_equal(F->C_GetSessionInfo(s, &(CK_SESSION_INFO){ 0 }), CKR_DEVICE_REMOVED);
+	assert_int_equal(F->C_FindObjectsInit(s, NULL, 0), CKR_SESSION_HANDLE_INVALID);
+	assert_int_equal(F->C_GetSessionInfo(s, &(CK_SESSION_INFO){ 0 }), CKR_SESSION_HANDLE_INVALID);
 	/* The device's login went with the insertion, so koltamga's did. */
 	s = fixture_open_session(slot, true);
 	assert_int_equal(state_of(s), CKS_RW_PUBLIC_SESSION);
@@ -644,7 +647,7 @@ static void test_device_lost_its_session(void **state)
 	assert_int_equal(F->C_SignInit(s, &m, priv), CKR_DEVICE_REMOVED);
 	shim(NULL);
 	session_is_gone(s);
-	assert_int_equal(F->C_FindObjectsInit(s, NULL, 0), CKR_DEVICE_REMOVED);
+	assert_int_equal(F->C_FindObjectsInit(s, NULL, 0), CKR_SESSION_HANDLE_INVALID);
 	s = fixture_open_session(slot, true);
 	assert_int_equal(state_of(s), CKS_RW_PUBLIC_SESSION);
 	assert_int_equal(F->C_Login(s, CKU_USER, FX_PIN(FX_USER_PIN)), CKR_OK);

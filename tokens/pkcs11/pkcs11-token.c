@@ -22,8 +22,10 @@
  *
  * Locking: the module serialises calls on a store (its token lock), but
  * sign operations run outside that lock, concurrently; `lock` here guards
- * the session pool and the attachment, and is never held across a call
- * into the device except to attach or detach.
+ * the session pool and the attachment.  It is a leaf lock, held across a
+ * call into the device only by what asks whether the device is there
+ * (attach, detach, state, the idle probe, C_InitToken), never by a
+ * signature: a signer only takes and returns a pooled session under it.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -61,6 +63,27 @@ struct p11mod {
 
 static pthread_mutex_t mods_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct p11mod *mods;
+/* In a forked child: the modules the parent had initialised, whose state
+ * (sessions, a reader context) is the parent's and must be started afresh
+ * here (kept, not freed: the parent's). */
+static char **forked_paths;
+static size_t n_forked_paths;
+
+static bool initialised_by_parent(const char *path)
+{
+	for (size_t i = 0; i < n_forked_paths; i++)
+		if (strcmp(forked_paths[i], path) == 0)
+			return true;
+	return false;
+}
+
+/* Where a function's code lives: a module that is koltamga itself would
+ * re-enter our C_Initialize and wait on it for ever. */
+static const void *library_of(const void *fn)
+{
+	Dl_info info;
+	return dladdr(fn, &info) ? info.dli_fbase : NULL;
+}
 
 static CK_RV mod_get(const char *path, struct p11mod **out)
 {
@@ -87,6 +110,10 @@ static CK_RV mod_get(const char *path, struct p11mod **out)
 		goto fail;
 	}
 	CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(m->dl, "C_GetFunctionList");
+	if (get && library_of((const void *)get) == library_of((const void *)mod_get)) {
+		kt_log("pkcs11 token: %s is koltamga itself", path);
+		goto fail;
+	}
 	if (!get || get(&m->f) != CKR_OK || !m->f || m->f->version.major < 2) {
 		kt_log("pkcs11 token: %s is not a PKCS#11 module", path);
 		goto fail;
@@ -95,6 +122,12 @@ static CK_RV mod_get(const char *path, struct p11mod **out)
 	 * koltamga itself. */
 	CK_C_INITIALIZE_ARGS args = { .flags = CKF_OS_LOCKING_OK };
 	rv = m->f->C_Initialize(&args);
+	if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && initialised_by_parent(path)) {
+		/* A forked child of ours: what the module has is the parent's
+		 * (as p11-kit does, start it again). */
+		m->f->C_Finalize(NULL);
+		rv = m->f->C_Initialize(&args);
+	}
 	if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		/* The application (or a forked parent) initialised it: use it,
 		 * leave finalising to them. */
@@ -151,6 +184,15 @@ void pkcs11_token_abandon(void)
 	 * this process's: forget them, unfreed, as slot.c does its tokens. */
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
 	mods_lock = fresh;
+	for (struct p11mod *m = mods; m; m = m->next) {
+		if (!m->finalize)
+			continue;
+		char **p = realloc(forked_paths, (n_forked_paths + 1) * sizeof(*p));
+		if (!p)
+			break;
+		forked_paths = p;
+		forked_paths[n_forked_paths++] = m->path;
+	}
 	mods = NULL;
 }
 
@@ -286,7 +328,8 @@ struct token_op {
 	struct token_store *t;
 	CK_SESSION_HANDLE s;
 	unsigned long generation;
-	bool done;
+	bool done;   /* ended with a signature */
+	bool failed; /* the device failed it */
 };
 
 /* The token_key a device login hands the module: the device holds the
@@ -350,6 +393,20 @@ static CK_RV map_rv(struct token_store *t, CK_RV rv)
 	}
 }
 
+/* map_rv for an operation's session: a session from an earlier
+ * attachment says nothing about the device as it is now. */
+static CK_RV map_op_rv(struct token_op *op, CK_RV rv)
+{
+	if (is_removal(rv)) {
+		pthread_mutex_lock(&op->t->lock);
+		if (op->generation == op->t->generation)
+			op->t->lost = true;
+		pthread_mutex_unlock(&op->t->lock);
+		return CKR_DEVICE_REMOVED;
+	}
+	return map_rv(op->t, rv);
+}
+
 static void close_sessions(struct token_store *t)
 {
 	for (size_t i = 0; i < t->n_pool; i++)
@@ -372,9 +429,12 @@ static void read_mechanisms(struct token_store *t)
 	t->n_mechs = 0;
 	if (t->f->C_GetMechanismList(t->slot, NULL, &n) != CKR_OK || n == 0 || n > 4096)
 		return;
-	CK_MECHANISM_TYPE *all = calloc(n, sizeof(*all));
-	CK_FLAGS *flags = calloc(n, sizeof(*flags));
-	if (!all || !flags || t->f->C_GetMechanismList(t->slot, all, &n) != CKR_OK) {
+	CK_ULONG room = n;
+	CK_MECHANISM_TYPE *all = calloc(room, sizeof(*all));
+	CK_FLAGS *flags = calloc(room, sizeof(*flags));
+	/* A list that grew meanwhile is read at the next attachment; one
+	 * longer than the room it had is a broken module. */
+	if (!all || !flags || t->f->C_GetMechanismList(t->slot, all, &n) != CKR_OK || n > room) {
 		free(all);
 		free(flags);
 		return;
@@ -415,8 +475,10 @@ static CK_RV attach(struct token_store *t)
 				break;
 			}
 			slots = s;
-			n++;
+			CK_ULONG room = ++n;
 			rv = t->f->C_GetSlotList(CK_TRUE, slots, &n);
+			if (rv == CKR_OK && n > room)
+				rv = CKR_GENERAL_ERROR; /* more than it had room for: broken */
 			if (rv != CKR_BUFFER_TOO_SMALL)
 				break;
 		}
@@ -655,6 +717,19 @@ static CK_RV p11_login(struct token_store *t, CK_USER_TYPE who, const CK_UTF8CHA
 		 * log out first; the module checks per-use PINs through the
 		 * operation (op_login) instead. */
 		return CKR_FUNCTION_NOT_SUPPORTED;
+	}
+	if (who == CKU_SO) {
+		/* The pool's read-only sessions are ours, not the
+		 * application's: a device refuses an SO login while any
+		 * read-only session is open (CKR_SESSION_READ_ONLY_EXISTS). */
+		pthread_mutex_lock(&t->lock);
+		size_t n = t->n_pool;
+		CK_SESSION_HANDLE idle[POOL_MAX];
+		memcpy(idle, t->pool, n * sizeof(idle[0]));
+		t->n_pool = 0;
+		pthread_mutex_unlock(&t->lock);
+		for (size_t i = 0; i < n; i++)
+			t->f->C_CloseSession(idle[i]);
 	}
 	rv = t->f->C_Login(s, who, (CK_UTF8CHAR_PTR)pin, len);
 	if (rv == CKR_USER_ALREADY_LOGGED_IN) {
@@ -1065,6 +1140,24 @@ static CK_RV p11_object_update(struct token_store *t, const struct token_key *ke
 	return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
+/* A change that would make a key less protected.  The module's rules
+ * never let one through; this driver never sends one either, whatever
+ * the module's copy of the object lacked. */
+static bool weakens(const CK_ATTRIBUTE *a)
+{
+	bool on = a->ulValueLen == sizeof(CK_BBOOL) && *(const CK_BBOOL *)a->pValue == CK_TRUE;
+	switch (a->type) {
+	case CKA_SENSITIVE:
+	case CKA_WRAP_WITH_TRUSTED:
+	case CKA_ALWAYS_AUTHENTICATE:
+		return !on;
+	case CKA_EXTRACTABLE:
+		return on;
+	default:
+		return false;
+	}
+}
+
 static CK_RV p11_object_set(struct token_store *t, uint64_t id, const struct attrs *changes)
 {
 	CK_SESSION_HANDLE s;
@@ -1081,6 +1174,8 @@ static CK_RV p11_object_set(struct token_store *t, uint64_t id, const struct att
 		 * rather than kept only until the next reload. */
 		if (at->type & CKA_VENDOR_DEFINED)
 			rv = CKR_ATTRIBUTE_TYPE_INVALID;
+		else if (weakens(at))
+			rv = CKR_ATTRIBUTE_READ_ONLY;
 		else
 			tmpl[m++] = *at;
 	}
@@ -1097,9 +1192,12 @@ static CK_RV p11_object_copy(struct token_store *t, uint64_t id, const struct at
 	CK_ULONG n = 0;
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 	CK_RV rv = anchor(t, &s);
-	for (size_t i = 0; rv == CKR_OK && i < attrs_count(changes); i++)
+	for (size_t i = 0; rv == CKR_OK && i < attrs_count(changes); i++) {
 		if (attrs_at(changes, i)->type & CKA_VENDOR_DEFINED)
 			rv = CKR_ATTRIBUTE_TYPE_INVALID;
+		else if (weakens(attrs_at(changes, i)))
+			rv = CKR_ATTRIBUTE_READ_ONLY;
+	}
 	if (rv == CKR_OK)
 		rv = to_template(changes, false, &tmpl, &n);
 	if (rv == CKR_OK)
@@ -1247,11 +1345,14 @@ static CK_RV session_take(struct token_store *t, CK_SESSION_HANDLE *s, unsigned 
 static void session_give_back(struct token_store *t, CK_SESSION_HANDLE s, unsigned long generation, bool clean)
 {
 	pthread_mutex_lock(&t->lock);
-	bool keep = clean && t->attached && t->generation == generation && t->n_pool < POOL_MAX;
+	bool current = t->attached && t->generation == generation;
+	bool keep = clean && current && t->n_pool < POOL_MAX;
 	if (keep)
 		t->pool[t->n_pool++] = s;
 	pthread_mutex_unlock(&t->lock);
-	if (!keep)
+	/* A session from before the device went is gone with it; closing
+	 * its handle now could close someone else's that took its number. */
+	if (!keep && current)
 		t->f->C_CloseSession(s);
 }
 
@@ -1268,7 +1369,11 @@ static CK_RV p11_sign_init(struct token_store *t, uint64_t id, const CK_MECHANIS
 	}
 	rv = t->f->C_SignInit(op->s, (CK_MECHANISM_PTR)m, (CK_OBJECT_HANDLE)id);
 	if (rv != CKR_OK) {
-		session_give_back(t, op->s, op->generation, true);
+		/* Pooled again only when the device plainly refused the
+		 * mechanism or key; after other failures it is closed. */
+		bool clean = rv == CKR_MECHANISM_INVALID || rv == CKR_MECHANISM_PARAM_INVALID ||
+			     rv == CKR_KEY_TYPE_INCONSISTENT || rv == CKR_KEY_FUNCTION_NOT_PERMITTED;
+		session_give_back(t, op->s, op->generation, clean);
 		free(op);
 		/* The key the module showed is gone from the device. */
 		if (rv == CKR_OBJECT_HANDLE_INVALID)
@@ -1283,8 +1388,8 @@ static CK_RV p11_op_update(struct token_op *op, const CK_BYTE *data, CK_ULONG le
 {
 	CK_RV rv = op->t->f->C_SignUpdate(op->s, (CK_BYTE_PTR)data, len);
 	if (rv != CKR_OK)
-		op->done = true; /* a failed update ends the device's operation */
-	return map_rv(op->t, rv);
+		op->failed = true; /* a failed update ends the device's operation */
+	return map_op_rv(op, rv);
 }
 
 static CK_RV p11_op_final(struct token_op *op, const CK_BYTE *data, CK_ULONG len, bool oneshot, CK_BYTE *out,
@@ -1294,9 +1399,11 @@ static CK_RV p11_op_final(struct token_op *op, const CK_BYTE *data, CK_ULONG len
 			   : op->t->f->C_SignFinal(op->s, out, out_len);
 	/* The module always gives room for the whole signature; a device
 	 * that still wants more keeps its operation, which op_free ends. */
-	if (rv != CKR_BUFFER_TOO_SMALL)
+	if (rv == CKR_OK)
 		op->done = true;
-	return map_rv(op->t, rv);
+	else if (rv != CKR_BUFFER_TOO_SMALL)
+		op->failed = true;
+	return map_op_rv(op, rv);
 }
 
 static CK_RV p11_op_login(struct token_op *op, const CK_UTF8CHAR *pin, CK_ULONG len)
@@ -1304,16 +1411,18 @@ static CK_RV p11_op_login(struct token_op *op, const CK_UTF8CHAR *pin, CK_ULONG 
 	CK_RV rv = op->t->f->C_Login(op->s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)pin, len);
 	/* The device's key does not ask for a PIN at each use: the
 	 * application's answer, not our misuse of the device. */
-	return rv == CKR_OPERATION_NOT_INITIALIZED ? rv : map_rv(op->t, rv);
+	return rv == CKR_OPERATION_NOT_INITIALIZED ? rv : map_op_rv(op, rv);
 }
 
 static void p11_op_free(struct token_op *op)
 {
 	if (!op)
 		return;
-	/* An operation left unfinished (refused, canceled, abandoned) must
-	 * not be finishable: its session is closed, not reused. */
-	session_give_back(op->t, op->s, op->generation, op->done);
+	/* Only a session whose operation ended with a signature goes back
+	 * to the pool: one left unfinished (refused, canceled, abandoned)
+	 * must not be finishable, and one the device failed may still be
+	 * busy there.  Those are closed. */
+	session_give_back(op->t, op->s, op->generation, op->done && !op->failed);
 	free(op);
 }
 
