@@ -206,20 +206,26 @@ static char *hex_of(const CK_ATTRIBUTE *a)
 	return h;
 }
 
-/* Which key a mark is for: "spki <SHA-256 of its SubjectPublicKeyInfo>",
- * the same for the key pair's objects and its certificate, for a copy, and
- * whatever its label or CKA_ID become (the application can change those).
- * An object without a public key to go by: "<class> <id>-<label>". */
-static char *mark_key(const struct attrs *a)
+/* What a mark is found by.  "spki <SHA-256 of the SubjectPublicKeyInfo>":
+ * the same for a key pair's objects and its certificate, and for a copy,
+ * whatever label or CKA_ID they are given.  But a device's EC private key
+ * has its public key only from the public key object with its CKA_ID, so
+ * a mark is also kept by "<class> <id>-<label>", written again whenever a
+ * marked object gets another CKA_ID or label.  Either key finds it. */
+static char *mark_key_spki(const struct attrs *a)
 {
 	const CK_ATTRIBUTE *spki = attrs_get(a, CKA_PUBLIC_KEY_INFO);
 	unsigned char h[32];
 	char hex[65], *k = NULL;
-	if (spki && spki->ulValueLen && crypto_sha256(spki->pValue, spki->ulValueLen, h)) {
-		kt_hex(hex, h, sizeof(h));
-		return asprintf(&k, "spki %s", hex) < 0 ? NULL : k;
-	}
-	char *id = hex_of(attrs_get(a, CKA_ID)), *label = hex_of(attrs_get(a, CKA_LABEL));
+	if (!spki || !spki->ulValueLen || !crypto_sha256(spki->pValue, spki->ulValueLen, h))
+		return NULL;
+	kt_hex(hex, h, sizeof(h));
+	return asprintf(&k, "spki %s", hex) < 0 ? NULL : k;
+}
+
+static char *mark_key_names(const struct attrs *a)
+{
+	char *id = hex_of(attrs_get(a, CKA_ID)), *label = hex_of(attrs_get(a, CKA_LABEL)), *k = NULL;
 	if (id && label && asprintf(&k, "%lu %s-%s", object_class(a), id, label) < 0)
 		k = NULL;
 	free(id);
@@ -229,41 +235,47 @@ static char *mark_key(const struct attrs *a)
 
 static CK_RV marks_save(struct token *t, const struct attrs *a, const CK_ATTRIBUTE *reason)
 {
-	char *path = marks_path(t), *key = mark_key(a), *why = hex_of(reason);
+	char *path = marks_path(t), *by_spki = mark_key_spki(a), *by_names = mark_key_names(a), *why = hex_of(reason);
 	CK_RV rv = CKR_HOST_MEMORY;
 	if (!path) {
 		rv = CKR_ATTRIBUTE_TYPE_INVALID;
 		kt_log("%s: nowhere to keep a compromise mark (compromise_reports)", t->path);
-	} else if (key && why) {
+	} else if (by_names && why) {
 		rv = make_dirs(config->compromise_dir);
 		int fd = rv == CKR_OK ? open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : -1;
 		if (rv == CKR_OK && fd < 0)
 			rv = CKR_DEVICE_ERROR;
 		if (fd >= 0) {
-			char *line = NULL;
-			int n = asprintf(&line, "%s %s\n", key, why);
-			rv = n > 0 && write(fd, line, (size_t)n) == n && fsync(fd) == 0 ? CKR_OK : CKR_DEVICE_ERROR;
-			free(line);
+			char *lines = NULL;
+			int n = by_spki ? asprintf(&lines, "%s %s\n%s %s\n", by_spki, why, by_names, why)
+					: asprintf(&lines, "%s %s\n", by_names, why);
+			rv = n > 0 && write(fd, lines, (size_t)n) == n && fsync(fd) == 0 ? CKR_OK : CKR_DEVICE_ERROR;
+			free(lines);
 			close(fd);
 		}
 		if (rv != CKR_OK)
 			kt_log("%s: cannot record a compromise mark in %s", t->path, path);
 	}
 	free(path);
-	free(key);
+	free(by_spki);
+	free(by_names);
 	free(why);
 	return rv;
 }
 
 static void marks_apply(struct token *t, struct attrs *a)
 {
-	char *path = marks_path(t), *key = path ? mark_key(a) : NULL;
-	FILE *fp = key ? fopen(path, "re") : NULL;
+	char *path = marks_path(t), *by_spki = path ? mark_key_spki(a) : NULL, *by_names = path ? mark_key_names(a) : NULL;
+	FILE *fp = by_names ? fopen(path, "re") : NULL;
 	char *line = NULL;
 	size_t cap = 0;
-	size_t kl = key ? strlen(key) : 0;
 	while (fp && getline(&line, &cap, fp) > 0) {
-		if (strncmp(line, key, kl) != 0 || line[kl] != ' ')
+		size_t kl = 0;
+		if (by_spki && strncmp(line, by_spki, strlen(by_spki)) == 0 && line[strlen(by_spki)] == ' ')
+			kl = strlen(by_spki);
+		else if (strncmp(line, by_names, strlen(by_names)) == 0 && line[strlen(by_names)] == ' ')
+			kl = strlen(by_names);
+		else
 			continue;
 		char *why = line + kl + 1;
 		size_t wl = strcspn(why, "\n");
@@ -282,7 +294,8 @@ static void marks_apply(struct token *t, struct attrs *a)
 	if (fp)
 		fclose(fp);
 	free(path);
-	free(key);
+	free(by_spki);
+	free(by_names);
 }
 
 /* What the module adds to a device's object as it does to its own at
@@ -1030,8 +1043,14 @@ static CK_RV device_set(struct token *t, struct object *o, const struct attrs *a
 	}
 	/* The mark first, on disk and in memory: a device that then refuses
 	 * the rest leaves the key marked, the safe side. */
-	if (rv == CKR_OK && marked && attrs_bool(attrs, CKA_KT_COMPROMISED, false)) {
-		if (marks_save(t, o->attrs, attrs_get(attrs, CKA_KT_COMPROMISE_REASON)) != CKR_OK)
+	/* A marked object that gets another CKA_ID or label keeps its mark
+	 * under those too (an EC private key is found by them alone). */
+	bool renamed = !attrs_match(attrs, attrs_get(o->attrs, CKA_ID) ? attrs_get(o->attrs, CKA_ID)
+								       : &(CK_ATTRIBUTE){ CKA_ID, NULL, 0 }) ||
+		       !attrs_match(attrs, attrs_get(o->attrs, CKA_LABEL) ? attrs_get(o->attrs, CKA_LABEL)
+									  : &(CK_ATTRIBUTE){ CKA_LABEL, NULL, 0 });
+	if (rv == CKR_OK && attrs_bool(attrs, CKA_KT_COMPROMISED, false) && (marked || renamed)) {
+		if (marks_save(t, attrs, attrs_get(attrs, CKA_KT_COMPROMISE_REASON)) != CKR_OK)
 			/* Unmarking is no option: the key stays refused in
 			 * this process, and the log says the mark did not
 			 * persist. */
@@ -1379,7 +1398,16 @@ CK_RV token_object_copy(struct token *t, CK_SESSION_HANDLE owner, const struct o
 	if (rv == CKR_OK)
 		rv = t->ops->object_copy(t->store, o->handle, changes, &id);
 	attrs_free(changes);
-	return rv == CKR_OK ? device_adopt(t, owner, id, o->attrs, handle) : rv;
+	if (rv == CKR_OK)
+		rv = device_adopt(t, owner, id, o->attrs, handle);
+	/* A copy of a marked key is that key: marked under its own names
+	 * too (device_adopt found it marked by the public key). */
+	struct object *c = rv == CKR_OK ? token_object_get(t, *handle) : NULL;
+	if (c && attrs_bool(o->attrs, CKA_KT_COMPROMISED, false)) {
+		attrs_set_bool(c->attrs, CKA_KT_COMPROMISED, true);
+		marks_save(t, c->attrs, attrs_get(o->attrs, CKA_KT_COMPROMISE_REASON));
+	}
+	return rv;
 }
 
 CK_RV token_object_view(struct token *t, const struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count,

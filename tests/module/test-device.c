@@ -716,6 +716,150 @@ static void test_storage_gone(void **state)
 	assert_true(rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID);
 }
 
+/* --- review fixes: what a device cannot keep, koltamga keeps ------------ */
+
+/* [key] label = keeper is a confirm key on an automatic token: renaming it,
+ * or copying it under another label, would make it a seal.  Refused. */
+/* Compromise reports and device marks in the test's directory. */
+static int setup_marks(void **state)
+{
+	char extra[PATH_MAX + 64];
+	if (device_env(state) != 0)
+		return -1;
+	snprintf(extra, sizeof(extra), "compromise_reports = %s/reports\n", fx.dir);
+	if (certfix_conf(extra) != 0 || fixture_initialize() != CKR_OK)
+		return -1;
+	slot = fixture_init_token();
+	return 0;
+}
+
+static int setup_keeper(void **state)
+{
+	if (device_env(state) != 0 || certfix_conf("[key]\nlabel = keeper\nsign_policy = confirm\n") != 0 ||
+	    fixture_initialize() != CKR_OK)
+		return -1;
+	slot = fixture_init_token();
+	return 0;
+}
+
+static void test_rename_keeps_policy(void **state)
+{
+	(void)state;
+	CK_SESSION_HANDLE s = fixture_open_user_session(slot);
+	CK_OBJECT_HANDLE pub, priv, copy;
+	CK_ULONG policy = 0;
+	CK_ATTRIBUTE pa = { CKA_KT_SIGN_POLICY, &policy, sizeof(policy) };
+
+	device_keypair(s, CKM_EC_KEY_PAIR_GEN, "keeper", &pub, &priv);
+	assert_int_equal(F->C_GetAttributeValue(s, priv, &pa, 1), CKR_OK);
+	assert_int_equal(policy, CK_KT_POLICY_CONFIRM);
+	CK_ATTRIBUTE rename[] = { { CKA_LABEL, "seal", 4 } };
+	assert_int_equal(F->C_SetAttributeValue(s, priv, rename, 1), CKR_ATTRIBUTE_READ_ONLY);
+	assert_int_equal(F->C_CopyObject(s, priv, rename, 1, &copy), CKR_ATTRIBUTE_READ_ONLY);
+	assert_int_equal(count_of(s, CKO_PRIVATE_KEY, "seal"), 0);
+	/* A change that keeps the policy is fine. */
+	CK_ATTRIBUTE id[] = { { CKA_ID, "k2", 2 } };
+	assert_int_equal(F->C_SetAttributeValue(s, priv, id, 1), CKR_OK);
+	assert_int_equal(F->C_GetAttributeValue(s, priv, &pa, 1), CKR_OK);
+	assert_int_equal(policy, CK_KT_POLICY_CONFIRM);
+	/* A seal may be renamed into a confirm key, the stricter way. */
+	device_keypair(s, CKM_EC_KEY_PAIR_GEN, "plain-seal", &pub, &priv);
+	CK_ATTRIBUTE to_keeper[] = { { CKA_LABEL, "keeper", 6 } };
+	assert_int_equal(F->C_SetAttributeValue(s, priv, to_keeper, 1), CKR_OK);
+	assert_int_equal(F->C_GetAttributeValue(s, priv, &pa, 1), CKR_OK);
+	assert_int_equal(policy, CK_KT_POLICY_CONFIRM);
+}
+
+/* A compromise mark goes by the key itself: renaming the key, copying it,
+ * restarting, none of it unmarks it. */
+static void test_mark_follows_key(void **state)
+{
+	(void)state;
+	CK_SESSION_HANDLE s = fixture_open_user_session(slot);
+	CK_OBJECT_HANDLE pub, priv, copy;
+	CK_BYTE sig[128];
+	CK_ULONG len = sizeof(sig);
+	CK_BBOOL yes = CK_TRUE;
+	const char why[] = "card lost";
+	CK_ATTRIBUTE mark[] = { { CKA_KT_COMPROMISE_REASON, (void *)why, sizeof(why) - 1 },
+				{ CKA_KT_COMPROMISED, &yes, sizeof(yes) } };
+
+	device_keypair(s, CKM_EC_KEY_PAIR_GEN, "marked", &pub, &priv);
+	assert_int_equal(F->C_SetAttributeValue(s, priv, mark, 2), CKR_OK);
+	assert_int_equal(sign(s, CKM_ECDSA_SHA256, priv, sig, &len), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	CK_ATTRIBUTE rename[] = { { CKA_LABEL, "innocent", 8 }, { CKA_ID, "zz", 2 } };
+	assert_int_equal(F->C_SetAttributeValue(s, priv, rename, 2), CKR_OK);
+	assert_int_equal(F->C_CopyObject(s, priv, NULL, 0, &copy), CKR_OK);
+	assert_true(fixture_get_bool(s, copy, CKA_KT_COMPROMISED));
+	len = sizeof(sig);
+	assert_int_equal(sign(s, CKM_ECDSA_SHA256, copy, sig, &len), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	/* A restart reads the device afresh: still marked, both. */
+	assert_int_equal(F->C_Finalize(NULL), CKR_OK);
+	assert_int_equal(fixture_initialize(), CKR_OK);
+	slot = fixture_slot_by_label("test");
+	s = fixture_open_user_session(slot);
+	CK_OBJECT_CLASS pc = CKO_PRIVATE_KEY;
+	CK_ATTRIBUTE find[] = { { CKA_CLASS, &pc, sizeof(pc) }, { CKA_LABEL, "innocent", 8 } };
+	CK_OBJECT_HANDLE found[4];
+	CK_ULONG n = 0;
+	assert_int_equal(F->C_FindObjectsInit(s, find, 2), CKR_OK);
+	assert_int_equal(F->C_FindObjects(s, found, 4, &n), CKR_OK);
+	assert_int_equal(F->C_FindObjectsFinal(s), CKR_OK);
+	assert_int_equal(n, 2);
+	for (CK_ULONG i = 0; i < n; i++) {
+		assert_true(fixture_get_bool(s, found[i], CKA_KT_COMPROMISED));
+		len = sizeof(sig);
+		assert_int_equal(sign(s, CKM_ECDSA_SHA256, found[i], sig, &len), CKR_KEY_FUNCTION_NOT_PERMITTED);
+	}
+}
+
+/* Our pooled read-only device sessions are not the application's: an SO
+ * login after a signature is not refused for them. */
+static void test_so_login_after_signing(void **state)
+{
+	(void)state;
+	CK_SESSION_HANDLE s = fixture_open_user_session(slot);
+	CK_OBJECT_HANDLE pub, priv;
+	device_keypair(s, CKM_EC_KEY_PAIR_GEN, "before-so", &pub, &priv);
+	signs(s, CKM_ECDSA_SHA256, priv, pub);
+	assert_int_equal(F->C_Logout(s), CKR_OK);
+	assert_int_equal(F->C_Login(s, CKU_SO, FX_PIN(FX_SO_PIN)), CKR_OK);
+	assert_int_equal(F->C_Logout(s), CKR_OK);
+	assert_int_equal(F->C_Login(s, CKU_USER, FX_PIN(FX_USER_PIN)), CKR_OK);
+	/* Handles of private objects died with the logout (PKCS#11). */
+	signs(s, CKM_ECDSA_SHA256, find_one(s, CKO_PRIVATE_KEY, "before-so"), pub);
+}
+
+/* An application that polls sees the device go and come back: slot
+ * events, and the slot list with tokenPresent. */
+static void test_slot_events(void **state)
+{
+	(void)state;
+	CK_SLOT_ID ev = 0xdead;
+	assert_int_equal(F->C_WaitForSlotEvent(CKF_DONT_BLOCK, &ev, NULL), CKR_NO_EVENT);
+	assert_int_equal(F->C_WaitForSlotEvent(0, &ev, NULL), CKR_FUNCTION_NOT_SUPPORTED);
+	shim("removed\n");
+	double t0 = now_ms();
+	CK_RV rv;
+	while ((rv = F->C_WaitForSlotEvent(CKF_DONT_BLOCK, &ev, NULL)) == CKR_NO_EVENT && now_ms() - t0 < 3000)
+		sleep_ms(50);
+	assert_int_equal(rv, CKR_OK);
+	assert_int_equal(ev, slot);
+	assert_int_equal(F->C_WaitForSlotEvent(CKF_DONT_BLOCK, &ev, NULL), CKR_NO_EVENT);
+	assert_false(listed(CK_TRUE, slot));
+	shim(NULL);
+	/* The slot list alone finds it back (no C_GetSlotInfo first). */
+	t0 = now_ms();
+	while (!listed(CK_TRUE, slot) && now_ms() - t0 < 3000)
+		sleep_ms(50);
+	assert_true(listed(CK_TRUE, slot));
+	ev = 0xdead;
+	assert_int_equal(F->C_WaitForSlotEvent(CKF_DONT_BLOCK, &ev, NULL), CKR_OK);
+	assert_int_equal(ev, slot);
+	assert_int_equal(F->C_WaitForSlotEvent(CKF_DONT_BLOCK, &ev, NULL), CKR_NO_EVENT);
+	assert_int_equal(F->C_WaitForSlotEvent(CKF_DONT_BLOCK, NULL, NULL), CKR_ARGUMENTS_BAD);
+}
+
 /* --- 5. a hung device and the other tokens --------------------------------- */
 
 struct signer {
@@ -1414,6 +1558,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_template_reaches_device, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_confirm_key_on_device, setup_confirm, teardown),
 		cmocka_unit_test_setup_teardown(test_storage_gone, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rename_keeps_policy, setup_keeper, teardown),
+		cmocka_unit_test_setup_teardown(test_mark_follows_key, setup_marks, teardown),
+		cmocka_unit_test_setup_teardown(test_so_login_after_signing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_slot_events, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_configuration_errors, device_env, teardown),
 		cmocka_unit_test_setup_teardown(test_token_selection, device_env, teardown),
 		cmocka_unit_test_setup_teardown(test_pinpad_login, setup_pinpad, teardown),
