@@ -171,7 +171,10 @@ static void mod_put(struct p11mod *m)
 		}
 		if (m->finalize)
 			m->f->C_Finalize(NULL);
-		dlclose(m->dl);
+		/* Finalised, but not unloaded: device modules leave threads,
+		 * atexit handlers and C++ destructors behind (SoftHSM2, card
+		 * middleware), which would run in unmapped code at exit.  A
+		 * later C_Initialize gets the same mapping back from dlopen. */
 		free(m->path);
 		free(m);
 	}
