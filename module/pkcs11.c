@@ -820,6 +820,10 @@ static CK_RV login_context(struct session *s, CK_UTF8CHAR_PTR pin, CK_ULONG len)
 		return CKR_OPERATION_NOT_INITIALIZED;
 	if (t->login != CKU_USER)
 		return CKR_USER_NOT_LOGGED_IN;
+	/* No device operation under way that could ask for a PIN: the
+	 * module cannot check a device's PIN by itself. */
+	if (token_is_device(t) && !crypto_op_remote(s->crypto.op))
+		return CKR_OPERATION_NOT_INITIALIZED;
 	if (crypto_op_remote(s->crypto.op)) {
 		/* The device checks it, for its operation. */
 		CK_RV rv = crypto_op_login(s->crypto.op, pin, len);

@@ -263,13 +263,16 @@ static CK_RV marks_save(struct token *t, const struct attrs *a, const CK_ATTRIBU
 	return rv;
 }
 
-static void marks_apply(struct token *t, struct attrs *a)
+/* The marks file's marks for this object, from an open marks file
+ * (rewound: one file serves a whole reload). */
+static void marks_apply_from(FILE *fp, struct attrs *a)
 {
-	char *path = marks_path(t), *by_spki = path ? mark_key_spki(a) : NULL, *by_names = path ? mark_key_names(a) : NULL;
-	FILE *fp = by_names ? fopen(path, "re") : NULL;
+	char *by_spki = mark_key_spki(a), *by_names = mark_key_names(a);
 	char *line = NULL;
 	size_t cap = 0;
-	while (fp && getline(&line, &cap, fp) > 0) {
+	if (by_names)
+		rewind(fp);
+	while (by_names && getline(&line, &cap, fp) > 0) {
 		size_t kl = 0;
 		if (by_spki && strncmp(line, by_spki, strlen(by_spki)) == 0 && line[strlen(by_spki)] == ' ')
 			kl = strlen(by_spki);
@@ -291,11 +294,25 @@ static void marks_apply(struct token *t, struct attrs *a)
 		attrs_set(a, CKA_KT_COMPROMISE_REASON, reason, (CK_ULONG)n);
 	}
 	free(line);
-	if (fp)
-		fclose(fp);
-	free(path);
 	free(by_spki);
 	free(by_names);
+}
+
+static FILE *marks_open(const struct token *t)
+{
+	char *path = marks_path(t);
+	FILE *fp = path ? fopen(path, "re") : NULL;
+	free(path);
+	return fp;
+}
+
+static void marks_apply(struct token *t, struct attrs *a)
+{
+	FILE *fp = marks_open(t);
+	if (fp) {
+		marks_apply_from(fp, a);
+		fclose(fp);
+	}
 }
 
 /* What the module adds to a device's object as it does to its own at
@@ -375,11 +392,15 @@ static void device_public_key_info(struct token *t)
  * object has its public key. */
 static void device_marks(struct token *t)
 {
+	FILE *fp = marks_open(t);
+	if (!fp)
+		return;
 	for (size_t b = 0; b < t->buckets; b++)
 		for (struct object *o = t->by_handle[b]; o; o = o->next_handle)
 			if (o->on_device &&
 			    (o->cls == CKO_PRIVATE_KEY || o->cls == CKO_PUBLIC_KEY || o->cls == CKO_CERTIFICATE))
-				marks_apply(t, o->attrs);
+				marks_apply_from(fp, o->attrs);
+	fclose(fp);
 }
 
 static CK_RV token_reload(struct token *t)
@@ -1026,6 +1047,13 @@ static CK_RV device_policy_kept(struct token *t, const struct object *o, const s
 	return CKR_OK;
 }
 
+/* Has the attribute the same value (or absence) in both sets? */
+static bool same_value(const struct attrs *a, const struct attrs *b, CK_ATTRIBUTE_TYPE type)
+{
+	const CK_ATTRIBUTE *x = attrs_get(a, type);
+	return x ? attrs_match(b, x) : !attrs_has(b, type);
+}
+
 /* Tell a device what changed between the object and its new attributes. */
 static CK_RV device_set(struct token *t, struct object *o, const struct attrs *attrs)
 {
@@ -1045,10 +1073,7 @@ static CK_RV device_set(struct token *t, struct object *o, const struct attrs *a
 	 * the rest leaves the key marked, the safe side. */
 	/* A marked object that gets another CKA_ID or label keeps its mark
 	 * under those too (an EC private key is found by them alone). */
-	bool renamed = !attrs_match(attrs, attrs_get(o->attrs, CKA_ID) ? attrs_get(o->attrs, CKA_ID)
-								       : &(CK_ATTRIBUTE){ CKA_ID, NULL, 0 }) ||
-		       !attrs_match(attrs, attrs_get(o->attrs, CKA_LABEL) ? attrs_get(o->attrs, CKA_LABEL)
-									  : &(CK_ATTRIBUTE){ CKA_LABEL, NULL, 0 });
+	bool renamed = !same_value(o->attrs, attrs, CKA_ID) || !same_value(o->attrs, attrs, CKA_LABEL);
 	if (rv == CKR_OK && attrs_bool(attrs, CKA_KT_COMPROMISED, false) && (marked || renamed)) {
 		if (marks_save(t, attrs, attrs_get(attrs, CKA_KT_COMPROMISE_REASON)) != CKR_OK)
 			/* Unmarking is no option: the key stays refused in

@@ -124,7 +124,7 @@ struct token_ops {
 	 * templates are the module's, already checked; the driver passes
 	 * what the device may be told and returns the ids and the objects'
 	 * attributes as the device reports them. */
-	/* Device drivers replace object_update with this: only the
+	/* Device drivers replace object_update (NULL there) with this: only the
 	 * attributes that change, as C_SetAttributeValue gives them (the
 	 * device keeps the rest, and refuses koltamga's own attributes). */
 	CK_RV (*object_set)(struct token_store *t, uint64_t id, const struct attrs *changes);

@@ -420,6 +420,31 @@ I confirm that the information above is correct.
 EOF
 }
 
+# --- the scripted signer (tests/pinentry/fake-confirm.sh, confirm = command)
+# of the scenarios that check the confirmation: they write its answers to
+# $TDIR/fake-confirm.conf (KT_FAKE_CONFIRM) and read what it was asked.
+
+# answer CODE: the scripted signer's next answer (0 yes, 1 no, 2 cancel);
+# forgets the questions asked so far (and the argv/environ it recorded).
+answer() {
+	printf 'out=%s/fc.out\ncode=%s\n' "$TDIR" "$1" >"$TDIR/fake-confirm.conf"
+	: >"$TDIR/fc.out"
+	: >"$TDIR/fc.out.argv"
+	: >"$TDIR/fc.out.environ"
+}
+questions() { grep -c '^=== confirm$' "$TDIR/fc.out" || true; }
+notices() { grep -c '^=== notify$' "$TDIR/fc.out" || true; }
+expect_questions() { # N NOTICES
+	[ "$(questions)" = "$1" ] || kt_fail "expected $1 question(s) to the signer, got $(questions)"
+	[ "$(notices)" = "$2" ] || kt_fail "expected $2 'signed' notice(s), got $(notices)"
+}
+# audit_count: records in the audit log so far.
+audit_count() { if [ -f "$TDIR/audit.log" ]; then wc -l <"$TDIR/audit.log"; else echo 0; fi; }
+audit_new() { # SINCE: records appended after the first SINCE lines, to new.audit
+	tail -n "+$(($1 + 1))" "$TDIR/audit.log" >new.audit 2>/dev/null || : >new.audit
+	cat new.audit
+}
+
 # kt_spki_pem IN OUT: any public key file a client exported (DER or PEM SPKI)
 # to PEM, so openssl reads it whatever the client wrote.
 kt_spki_pem() {

@@ -45,28 +45,7 @@ logged() {
 }
 confirm_only() { on_koltamga || kt_na "SoftHSM2 has no signing confirmation"; }
 
-# answer CODE: what the scripted signer answers next (0 yes, 1 no, 2 cancel);
-# forgets the questions asked so far.
-answer() {
-	printf 'out=%s/fc.out\ncode=%s\n' "$TDIR" "$1" >"$TDIR/fake-confirm.conf"
-	rm -f "$TDIR/fc.out"
-	: >"$TDIR/fc.out"
-}
-questions() { grep -c '^=== confirm$' "$TDIR/fc.out" || true; }
-notices() { grep -c '^=== notify$' "$TDIR/fc.out" || true; }
-expect_questions() { # N NOTICES
-	[ "$(questions)" = "$1" ] || kt_fail "expected $1 question(s) to the signer, got $(questions)"
-	[ "$(notices)" = "$2" ] || kt_fail "expected $2 'signed' notice(s), got $(notices)"
-}
-
-audit_count() { if [ -f "$TDIR/audit.log" ]; then wc -l <"$TDIR/audit.log"; else echo 0; fi; }
-# audit_new SINCE: the records appended after the first SINCE lines, to new.audit.
-audit_new() {
-	tail -n "+$(($1 + 1))" "$TDIR/audit.log" >new.audit 2>/dev/null || : >new.audit
-	cat new.audit
-}
-# expect_audit N DECISION [SHA256]: exactly N new records, all with DECISION
-# (and the digest of the data given to C_Sign).
+# answer, questions, notices, expect_questions, audit_count, audit_new: lib.sh.
 expect_audit() {
 	[ "$(wc -l <new.audit)" = "$1" ] || kt_fail "expected $1 new audit record(s), got $(wc -l <new.audit)"
 	[ "$(grep -c "\"decision\":\"$2\"" new.audit)" = "$1" ] || kt_fail "audit: expected decision $2"

@@ -830,6 +830,23 @@ static void test_so_login_after_signing(void **state)
 	signs(s, CKM_ECDSA_SHA256, find_one(s, CKO_PRIVATE_KEY, "before-so"), pub);
 }
 
+/* A per-use PIN is the device's to check, for a device operation that
+ * wants one: during a verification (the module's own) there is none. */
+static void test_context_login_without_device_operation(void **state)
+{
+	(void)state;
+	CK_SESSION_HANDLE s = fixture_open_user_session(slot);
+	CK_OBJECT_HANDLE pub, priv;
+	CK_MECHANISM m = { CKM_ECDSA_SHA256, NULL, 0 };
+	device_keypair(s, CKM_EC_KEY_PAIR_GEN, "verifier", &pub, &priv);
+	assert_int_equal(F->C_Login(s, CKU_CONTEXT_SPECIFIC, FX_PIN(FX_USER_PIN)), CKR_OPERATION_NOT_INITIALIZED);
+	assert_int_equal(F->C_VerifyInit(s, &m, pub), CKR_OK);
+	assert_int_equal(F->C_Login(s, CKU_CONTEXT_SPECIFIC, FX_PIN(FX_USER_PIN)), CKR_OPERATION_NOT_INITIALIZED);
+	int logins = calls_of("C_Login");
+	assert_int_equal(F->C_Login(s, CKU_CONTEXT_SPECIFIC, FX_PIN("0000")), CKR_OPERATION_NOT_INITIALIZED);
+	assert_int_equal(calls_of("C_Login"), logins); /* the device was not asked */
+}
+
 /* An application that polls sees the device go and come back: slot
  * events, and the slot list with tokenPresent. */
 static void test_slot_events(void **state)
@@ -1562,6 +1579,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mark_follows_key, setup_marks, teardown),
 		cmocka_unit_test_setup_teardown(test_so_login_after_signing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_slot_events, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_context_login_without_device_operation, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_configuration_errors, device_env, teardown),
 		cmocka_unit_test_setup_teardown(test_token_selection, device_env, teardown),
 		cmocka_unit_test_setup_teardown(test_pinpad_login, setup_pinpad, teardown),

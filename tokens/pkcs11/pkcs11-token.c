@@ -1132,17 +1132,6 @@ static CK_RV p11_object_add(struct token_store *t, const struct token_key *key, 
 	return rv;
 }
 
-static CK_RV p11_object_update(struct token_store *t, const struct token_key *key, uint64_t id,
-			       const struct attrs *attrs)
-{
-	(void)t;
-	(void)key;
-	(void)id;
-	(void)attrs;
-	/* slot.c uses object_set for devices. */
-	return CKR_FUNCTION_NOT_SUPPORTED;
-}
-
 /* A change that would make a key less protected.  The module's rules
  * never let one through; this driver never sends one either, whatever
  * the module's copy of the object lacked. */
@@ -1442,7 +1431,6 @@ const struct token_ops pkcs11_token_ops = {
 	.changed = p11_changed,
 	.load = p11_load,
 	.object_add = p11_object_add,
-	.object_update = p11_object_update,
 	.object_delete = p11_object_delete,
 	.attach = p11_attach,
 	.logout = p11_logout,
